@@ -1,0 +1,169 @@
+"""Read preference data from jsonl, parquet, or `datasets` (local files or hub names), into typed examples.
+
+Formats (`format:` in the data config):
+- `pairs`:      TRL's columns `prompt`, `chosen`, `rejected` (plain text, or conversations: lists of
+                {role, content}; an implicit-prompt row with only chosen/rejected conversations is split at
+                the last assistant turn).
+- `step_pairs`: the public Step-DPO columns `prompt`, `initial_reason_steps`, `chosen`, `rejected`
+                (extra columns such as full_chosen/answer are kept in `meta`).
+- `auto`:       `step_pairs` if the first row has `initial_reason_steps`, else `pairs`.
+Every problem is a DataError naming file, row (1-based) and field; with skip_invalid=True the row is
+skipped and counted in the LoadReport instead.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Iterator
+
+from prefkit.data.errors import DataError, LoadReport, RowHandler
+from prefkit.data.examples import Pair, StepPair
+
+
+def iter_rows(source: str, split: str = "train") -> Iterator[tuple[int, dict | DataError]]:
+    """Yield (1-based row, dict) or (row, DataError) for unreadable rows, from any supported source."""
+    path = Path(source)
+    if path.suffix in (".jsonl", ".json") and path.is_file():
+        yield from _iter_jsonl(path)
+    elif path.suffix == ".parquet" and path.is_file():
+        import pyarrow.parquet as pq
+
+        for i, row in enumerate(pq.read_table(path).to_pylist(), 1):
+            yield i, row
+    else:
+        import datasets
+
+        if path.is_dir() or path.is_file():
+            ds = datasets.load_dataset(str(path), split=split) if path.is_dir() else \
+                datasets.load_dataset(path.suffix.lstrip(".") or "json", data_files=str(path), split=split)
+        else:
+            ds = datasets.load_dataset(source, split=split)
+        for i, row in enumerate(ds, 1):
+            yield i, row
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict | DataError]]:
+    src = str(path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    if path.suffix == ".json" and raw.lstrip()[:1] == b"[":
+        try:
+            rows = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            yield 1, DataError(src, None, None, f"not a valid JSON array: {e}")
+            return
+        for i, r in enumerate(rows, 1):
+            yield i, r if isinstance(r, dict) else DataError(src, i, None, f"expected a JSON object, got {type(r).__name__}")
+        return
+    for i, line in enumerate(raw.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield i, DataError(src, i, None, f"not valid UTF-8 (byte {e.start}: {line[e.start:e.start + 1]!r})")
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            yield i, DataError(src, i, None, f"malformed JSON: {e.msg} at column {e.colno}")
+            continue
+        if not isinstance(obj, dict):
+            yield i, DataError(src, i, None, f"expected a JSON object, got {type(obj).__name__}")
+            continue
+        yield i, obj
+
+
+def _text_or_messages(row: dict, key: str, src: str, i: int, allow_messages: bool = True):
+    if key not in row or row[key] is None:
+        raise DataError(src, i, key, "missing")
+    v = row[key]
+    if isinstance(v, str):
+        if not v.strip():
+            raise DataError(src, i, key, "empty string")
+        return v
+    if allow_messages and isinstance(v, list):
+        if not v:
+            raise DataError(src, i, key, "empty conversation")
+        for j, m in enumerate(v):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise DataError(src, i, f"{key}[{j}]", "each message must be {role: str, content: str}")
+        return v
+    kind = "a string or a list of messages" if allow_messages else "a string"
+    if isinstance(v, float) and math.isnan(v):
+        raise DataError(src, i, key, f"NaN where {kind} was expected")
+    raise DataError(src, i, key, f"expected {kind}, got {type(v).__name__}")
+
+
+def _split_implicit_prompt(chosen: list, rejected: list):
+    """TRL's implicit-prompt format: shared leading turns are the prompt."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def parse_pair(row: dict, src: str, i: int) -> Pair:
+    chosen = _text_or_messages(row, "chosen", src, i)
+    rejected = _text_or_messages(row, "rejected", src, i)
+    if "prompt" in row and row["prompt"] is not None:
+        prompt = _text_or_messages(row, "prompt", src, i)
+    elif isinstance(chosen, list) and isinstance(rejected, list):
+        prompt, chosen, rejected = _split_implicit_prompt(chosen, rejected)
+        if not prompt:
+            raise DataError(src, i, "prompt", "missing, and chosen/rejected share no leading turns")
+        if not chosen or not rejected:
+            raise DataError(src, i, "chosen" if not chosen else "rejected", "no turns after the shared prompt")
+    else:
+        raise DataError(src, i, "prompt", "missing")
+    if type(chosen) is not type(rejected):
+        raise DataError(src, i, "rejected", "chosen and rejected must both be text or both be conversations")
+    if chosen == rejected:
+        raise DataError(src, i, "rejected", "identical to chosen")
+    meta = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected")}
+    return Pair(prompt, chosen, rejected, meta)
+
+
+def parse_step_pair(row: dict, src: str, i: int) -> StepPair:
+    prompt = _text_or_messages(row, "prompt", src, i, allow_messages=False)
+    if "initial_reason_steps" not in row or row["initial_reason_steps"] is None:
+        raise DataError(src, i, "initial_reason_steps", "missing")
+    steps = row["initial_reason_steps"]
+    if not isinstance(steps, str):
+        raise DataError(src, i, "initial_reason_steps", f"expected a string, got {type(steps).__name__}")
+    chosen = _text_or_messages(row, "chosen", src, i, allow_messages=False)
+    rejected = _text_or_messages(row, "rejected", src, i, allow_messages=False)
+    if chosen == rejected:
+        raise DataError(src, i, "rejected", "identical to chosen")
+    meta = {k: v for k, v in row.items() if k not in ("prompt", "initial_reason_steps", "chosen", "rejected")}
+    return StepPair(prompt, steps, chosen, rejected, meta)
+
+
+def load_preferences(source: str, *, format: str = "auto", split: str = "train", skip_invalid: bool = False,
+                     limit: int | None = None) -> tuple[list, LoadReport]:
+    """Load Pair / StepPair examples. Returns (examples, report); raises DataError on the first bad row
+    unless skip_invalid."""
+    if format not in ("auto", "pairs", "step_pairs"):
+        raise ValueError(f"data format {format!r}: expected auto, pairs or step_pairs")
+    report = LoadReport(str(source))
+    handler = RowHandler(report, skip_invalid)
+    out: list = []
+    fmt = format
+    for i, row in iter_rows(source, split):
+        report.rows_read += 1
+        if isinstance(row, DataError):
+            handler.bad(row)
+            continue
+        if fmt == "auto":
+            fmt = "step_pairs" if "initial_reason_steps" in row else "pairs"
+        try:
+            ex = parse_step_pair(row, str(source), i) if fmt == "step_pairs" else parse_pair(row, str(source), i)
+        except DataError as e:
+            handler.bad(e)
+            continue
+        out.append(ex)
+        report.rows_kept += 1
+        if limit is not None and len(out) >= limit:
+            break
+    return out, report

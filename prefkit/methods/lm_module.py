@@ -1,0 +1,39 @@
+"""The trainable unit for language-model preference methods: policy + reference + objective.
+
+`forward(batch)` computes the policy's and reference's summed completion log-probs (any backend) and
+applies the objective. Wrapping it as one nn.Module lets accelerate (DDP, FSDP, DeepSpeed) wrap the whole
+step, so gradients are synchronised the usual way.
+"""
+from __future__ import annotations
+
+import torch
+
+from prefkit.models.logprobs import completion_logps
+from prefkit.train.reference import FrozenCopyReference, Reference
+
+
+class LMPreferenceModule(torch.nn.Module):
+    def __init__(self, policy, reference: Reference, objective, tokenizer=None):
+        super().__init__()
+        self.policy = policy
+        self.objective = objective
+        self.tokenizer = tokenizer
+        if isinstance(reference, torch.nn.Module):
+            self.reference = reference  # registered: moves with the module, saved in resume state
+        else:
+            self._reference = reference
+
+    @property
+    def ref(self) -> Reference:
+        return self.reference if isinstance(getattr(self, "reference", None), FrozenCopyReference) else self._reference
+
+    def forward(self, batch: dict):
+        out = completion_logps(self.policy, batch)  # (B, K)
+        ref_logps = self.ref.logps(self.policy, batch)  # (B, K)
+        loss, metrics = self.objective(out.logps, ref_logps.to(out.logps.dtype), batch["labels"], batch["mask"])
+        return loss, metrics
+
+    def save_pretrained(self, path) -> None:
+        self.policy.save_pretrained(str(path), safe_serialization=True)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(path))

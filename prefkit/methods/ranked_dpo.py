@@ -1,0 +1,157 @@
+"""Listwise ranked DPO (LiPO-lambda) recipe: K scored responses per prompt, one listwise loss.
+
+    prefkit train configs/ranked_dpo_tiny.yaml [method.weighting=uniform ...]
+
+Data (`data.format`): `ranked` rows {prompt, responses, scores}, `ultrafeedback` rows (instruction +
+rated completions) or `curry_dpo` (the public easy/medium/hard pairs, rebuilt into 4-response lists with
+rank scores). Each list is tokenized as one context with K completions, so the prefix-shared backend
+runs the prompt once per list. The loss is `prefkit.losses.ranked_dpo_loss` (METHODS.md section 4, applied
+to language models); `method.weighting: uniform` gives the mean pairwise DPO loss over every pair instead.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from prefkit.data.errors import LoadReport
+from prefkit.data.examples import RankedList
+from prefkit.data.ranked import TIE_POLICIES, ULTRAFEEDBACK_SCORES, load_curry_dpo_ranked, load_ranked, load_ultrafeedback
+from prefkit.data.tokenize import TokenizeSettings
+from prefkit.losses.listwise import pair_mask
+from prefkit.losses.ranked import ranked_dpo_loss
+from prefkit.models.loading import ModelConfig, load_causal_lm, load_tokenizer
+from prefkit.train.config import TrainConfig
+from prefkit.train.loop import Trainer, TrainResult
+
+RANKED_FORMATS = ("ranked", "ultrafeedback", "curry_dpo")
+
+
+@dataclass
+class RankedDataConfig:
+    train_file: str = ""
+    split: str = "train"
+    format: str = "ranked"  # ranked | ultrafeedback | curry_dpo
+    score: str = "overall_score"  # ultrafeedback only: overall_score | fine-grained_score | an aspect
+    ties: str = "error"  # error: a list with two equal scores is a bad row | allow: tied pairs are ignored
+    skip_invalid: bool = False
+    max_length: int = 1024
+    max_prompt_length: int | None = None
+    prompt_template: str = "{prompt}"
+    limit: int | None = None
+
+    def __post_init__(self):
+        if not self.train_file:
+            raise ValueError("data.train_file: required (a jsonl/json/parquet file, a folder, or a datasets name)")
+        if self.format not in RANKED_FORMATS:
+            raise ValueError(f"data.format: {self.format!r} is not one of {RANKED_FORMATS}")
+        if self.score not in ULTRAFEEDBACK_SCORES:
+            raise ValueError(f"data.score: {self.score!r} is not one of {ULTRAFEEDBACK_SCORES}")
+        if self.ties not in TIE_POLICIES:
+            raise ValueError(f"data.ties: {self.ties!r} is not one of {TIE_POLICIES}")
+        if "{prompt}" not in self.prompt_template:
+            raise ValueError("data.prompt_template: must contain {prompt}")
+
+    def settings(self) -> TokenizeSettings:
+        return TokenizeSettings(self.max_length, self.max_prompt_length, self.prompt_template)
+
+
+def load_ranked_lists(cfg: RankedDataConfig) -> tuple[list[RankedList], LoadReport]:
+    """The ranked lists of a data config, whatever its format."""
+    common = dict(skip_invalid=cfg.skip_invalid, split=cfg.split, limit=cfg.limit)
+    if cfg.format == "ultrafeedback":
+        return load_ultrafeedback(cfg.train_file, score=cfg.score, ties=cfg.ties, **common)
+    if cfg.format == "curry_dpo":
+        return load_curry_dpo_ranked(cfg.train_file, **common)
+    return load_ranked(cfg.train_file, ties=cfg.ties, **common)
+
+
+@dataclass
+class ListwiseDPO:
+    """Objective over K completions: (policy_logps, ref_logps, labels, mask) (B, K) -> (loss, metrics)."""
+
+    beta: float = 0.1
+    weighting: str = "lambda"
+
+    def __call__(self, policy_logps, ref_logps, labels, mask):
+        losses, rewards = ranked_dpo_loss(policy_logps, ref_logps, labels, beta=self.beta,
+                                          weighting=self.weighting, mask=mask)  # (B,), (B, K)
+        return losses.mean(), listwise_metrics(rewards, labels, mask, policy_logps.detach())
+
+
+@torch.no_grad()
+def listwise_metrics(rewards: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, policy_logps: torch.Tensor) -> dict:
+    """Pairwise accuracy and margin over every preferred pair, top-1 accuracy per list (TRL-style names)."""
+    mask = mask.to(torch.bool)
+    pm = pair_mask(labels, mask)  # (B, K, K) i preferred to j
+    diff = rewards[:, :, None] - rewards[:, None, :]  # (B, K, K)
+    n = pm.sum().clamp(min=1)
+    neg = torch.finfo(rewards.dtype).min
+    top_r = rewards.masked_fill(~mask, neg).argmax(-1)  # (B,)
+    best = labels.masked_fill(~mask, neg).max(-1, keepdim=True).values  # (B, 1)
+    top1 = (labels.gather(1, top_r[:, None]) == best).float().mean()
+    valid = mask.float()
+    return {
+        "rewards/accuracies": ((diff > 0) & pm).sum() / n,
+        "rewards/margins": (diff * pm).sum() / n,
+        "rewards/top1": top1,
+        "rewards/mean": (rewards * valid).sum() / valid.sum().clamp(min=1),
+        "logps/mean": (policy_logps * valid).sum() / valid.sum().clamp(min=1),
+    }
+
+
+@dataclass
+class RankedMethodConfig:
+    name: str = "ranked_dpo"
+    beta: float = 0.1
+    weighting: str = "lambda"  # lambda (LiPO-lambda / RankDPO weights) | uniform (mean pairwise DPO)
+    reference: str = "copy"  # copy | adapter | precomputed
+    backend: str = "prefix"  # prefix | naive
+    reference_cache_dir: str = "runs/cache/reference"
+
+    def __post_init__(self):
+        if self.name != "ranked_dpo":
+            raise ValueError(f"method.name: {self.name!r} is not handled by prefkit.methods.ranked_dpo")
+        if self.weighting not in ("lambda", "uniform"):
+            raise ValueError(f"method.weighting: {self.weighting!r} is not lambda or uniform")
+        if self.reference not in ("copy", "adapter", "precomputed"):
+            raise ValueError(f"method.reference: {self.reference!r} is not copy, adapter or precomputed")
+        if self.backend not in ("prefix", "naive"):
+            raise ValueError(f"method.backend: {self.backend!r} is not prefix or naive")
+        if self.beta <= 0:
+            raise ValueError(f"method.beta: must be > 0, got {self.beta}")
+
+
+@dataclass
+class RankedRunConfig:
+    model: ModelConfig
+    data: RankedDataConfig
+    method: RankedMethodConfig = field(default_factory=RankedMethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def build_module(policy, tokenizer, groups, method: RankedMethodConfig):
+    """Policy + reference + listwise objective as one trainable module."""
+    from prefkit.methods.dpo import build_reference
+    from prefkit.methods.lm_module import LMPreferenceModule
+
+    reference = build_reference(method.reference, policy, groups, tokenizer.pad_token_id,
+                                method.reference_cache_dir, method.backend)
+    return LMPreferenceModule(policy, reference, ListwiseDPO(method.beta, method.weighting), tokenizer)
+
+
+def run(cfg: RankedRunConfig, *, resume: bool = False, log=print) -> TrainResult:
+    from prefkit.methods.dpo import GroupCollator, tokenize_all
+
+    tokenizer = load_tokenizer(cfg.model)
+    lists, report = load_ranked_lists(cfg.data)
+    groups = tokenize_all(lists, tokenizer, cfg.data.settings(), report, cfg.data.skip_invalid)
+    log(report.summary())
+    ks = [len(g.completion_ids) for g in groups]
+    if ks:
+        log(f"{len(groups)} ranked lists, K from {min(ks)} to {max(ks)}")
+    policy = load_causal_lm(cfg.model)
+    module = build_module(policy, tokenizer, groups, cfg.method)
+    trainer = Trainer(cfg.train, module, groups, GroupCollator(tokenizer.pad_token_id, cfg.method.backend),
+                      run_config=asdict(cfg) | {"data_report": report.summary()}, log=log)
+    return trainer.train(resume=resume)

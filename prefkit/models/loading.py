@@ -1,0 +1,114 @@
+"""Loading causal LMs and tokenizers the Hugging Face way, with safe defaults.
+
+`trust_remote_code` is off unless the config says so; weights load through safetensors
+(`use_safetensors=True` when the folder has them).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoraSettings:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = ""  # a local folder or a hub name (from_pretrained)
+    tokenizer: str | None = None  # defaults to name_or_path; "byte" = prefkit's built-in byte tokenizer
+    init_config: dict | None = None  # build a randomly initialised model from this config (e.g. {model_type: qwen2, ...}) instead
+    init_seed: int = 0
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+    disable_dropout: bool = True
+    lora: LoraSettings | None = None
+
+    def __post_init__(self):
+        if not self.name_or_path and self.init_config is None:
+            raise ValueError("model: set name_or_path (a local folder or hub name) or init_config")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype: {self.dtype!r} is not one of {list(DTYPES)}")
+
+
+def _safetensors_in(path: str) -> bool | None:
+    p = Path(path)
+    if p.is_dir():
+        return any(p.glob("*.safetensors")) or None
+    return None
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    if cfg.tokenizer == "byte":
+        from prefkit.models.byte_tokenizer import build_byte_tokenizer
+
+        return build_byte_tokenizer()
+    tok = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    cfg = getattr(model, "config", None)
+    for k in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "attn_pdrop", "embd_pdrop"):
+        if cfg is not None and isinstance(getattr(cfg, k, None), float):
+            setattr(cfg, k, 0.0)
+
+
+def load_causal_lm(cfg: ModelConfig):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if cfg.init_config is not None:
+        spec = dict(cfg.init_config)
+        model_type = spec.pop("model_type", None)
+        if model_type is None:
+            raise ValueError("model.init_config: needs model_type (e.g. qwen2, llama)")
+        hf_cfg = AutoConfig.for_model(model_type, **spec)
+        hf_cfg._attn_implementation = cfg.attn_implementation
+        torch.manual_seed(cfg.init_seed)
+        model = AutoModelForCausalLM.from_config(hf_cfg, dtype=DTYPES[cfg.dtype])
+        return prepare_policy(model, cfg)
+    model = AutoModelForCausalLM.from_pretrained(
+        cfg.name_or_path,
+        dtype=DTYPES[cfg.dtype],
+        attn_implementation=cfg.attn_implementation,
+        trust_remote_code=cfg.trust_remote_code,
+        use_safetensors=_safetensors_in(cfg.name_or_path),
+    )
+    return prepare_policy(model, cfg)
+
+
+def prepare_policy(model, cfg: ModelConfig):
+    """Dropout off, optional gradient checkpointing, optional LoRA adapters (peft)."""
+    if cfg.disable_dropout:
+        disable_dropout(model)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if cfg.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        lc = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                        target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
+        model = get_peft_model(model, lc)
+    return model
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")

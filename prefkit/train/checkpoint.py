@@ -1,0 +1,92 @@
+"""Checkpoints that are either complete or absent.
+
+A checkpoint is written to `checkpoint-<step>.tmp`, given a manifest of every file with its size and
+sha256, and only then renamed to `checkpoint-<step>`. At resume, the newest checkpoint whose manifest
+verifies is used; a partial or corrupted one is reported and skipped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+MANIFEST = "prefkit_checkpoint.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tmp_dir_for(output_dir: Path, step: int) -> Path:
+    return output_dir / f"checkpoint-{step}.tmp"
+
+
+def finalize(tmp: Path, final: Path, meta: dict) -> None:
+    """Write the manifest, fsync, and atomically rename tmp -> final."""
+    files = {}
+    for p in sorted(tmp.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            files[str(p.relative_to(tmp))] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    with open(tmp / MANIFEST, "w") as f:
+        json.dump({"files": files, **meta}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    dfd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def verify(ckpt: Path) -> str | None:
+    """None if the checkpoint is complete and intact, else what is wrong with it."""
+    mf = ckpt / MANIFEST
+    if not mf.exists():
+        return f"{ckpt}: no {MANIFEST} (the write did not finish)"
+    try:
+        manifest = json.loads(mf.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return f"{mf}: unreadable manifest ({e})"
+    for rel, info in manifest.get("files", {}).items():
+        p = ckpt / rel
+        if not p.exists():
+            return f"{p}: listed in the manifest but missing"
+        if p.stat().st_size != info["bytes"]:
+            return f"{p}: {p.stat().st_size} bytes, the manifest says {info['bytes']}"
+        if _sha256(p) != info["sha256"]:
+            return f"{p}: checksum mismatch (corrupted)"
+    return None
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    out = []
+    for p in Path(output_dir).glob("checkpoint-*"):
+        if p.is_dir() and not p.name.endswith(".tmp") and p.name.split("-")[-1].isdigit():
+            out.append(p)
+    return sorted(out, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def latest_valid(output_dir: Path, log=print) -> Path | None:
+    for ckpt in reversed(list_checkpoints(output_dir)):
+        problem = verify(ckpt)
+        if problem is None:
+            return ckpt
+        log(f"[prefkit] skipping checkpoint {ckpt.name}: {problem}; trying the previous one")
+    return None
+
+
+def prune(output_dir: Path, keep: int) -> None:
+    ckpts = list_checkpoints(output_dir)
+    for p in ckpts[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+    for p in Path(output_dir).glob("checkpoint-*.tmp"):
+        shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,34 @@
+"""`prefkit resume OUTPUT_DIR [key=value ...]`: continue a run from its newest complete checkpoint."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from prefkit.config import ConfigError, from_dict
+from prefkit.train.cli_train import RECIPES
+
+
+def cli_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="prefkit resume")
+    ap.add_argument("output_dir")
+    args = ap.parse_args(argv)
+    rc_path = Path(args.output_dir) / "run_config.json"
+    if not rc_path.exists():
+        print(f"prefkit resume: {rc_path} not found: is {args.output_dir} a prefkit run folder?", file=sys.stderr)
+        return 2
+    data = json.loads(rc_path.read_text())
+    data.pop("data_report", None)
+    import importlib
+
+    mod_name, cls_name = RECIPES[data.get("method", {}).get("name", "dpo")]
+    module = importlib.import_module(mod_name)
+    try:
+        cfg = from_dict(getattr(module, cls_name), data)
+    except ConfigError as e:
+        print(f"prefkit resume: {rc_path}: {e}", file=sys.stderr)
+        return 2
+    result = module.run(cfg, resume=True)
+    print(f"done: {result.global_step} steps, model in {result.output_dir}/model")
+    return 0

@@ -1,0 +1,42 @@
+"""The training loop's settings (the `train:` section of a YAML config)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/out"
+    seed: int = 0
+    learning_rate: float = 5e-7
+    num_epochs: int = 1
+    max_steps: int = -1  # optimizer steps; -1 = num_epochs over the data
+    batch_size: int = 8  # per device, per micro-step
+    grad_accum_steps: int = 1
+    lr_scheduler: str = "cosine"  # cosine | linear | constant (all with warmup)
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0  # <= 0 disables clipping
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    logging_steps: int = 1  # metrics leave the device (one sync) only every this many optimizer steps
+    save_steps: int = 0  # 0 = only the final checkpoint
+    save_total_limit: int = 2
+    overwrite: bool = False
+    tensorboard: bool = False
+    progress_bar: bool = True
+
+    def __post_init__(self):
+        if self.lr_scheduler not in ("cosine", "linear", "constant"):
+            raise ValueError(f"lr_scheduler: {self.lr_scheduler!r} is not cosine, linear or constant")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision: {self.mixed_precision!r} is not no, bf16 or fp16")
+        for name in ("batch_size", "grad_accum_steps", "num_epochs", "logging_steps", "save_total_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate: must be > 0, got {self.learning_rate}")

@@ -1,0 +1,273 @@
+"""The one training loop, on accelerate.
+
+    result = Trainer(cfg, module, train_dataset, collate_fn).train(resume=False)
+
+`module.forward(batch) -> (loss, {name: detached tensor})`; `module.save_pretrained(path)` writes the
+user-facing model (HF format). Everything method-specific lives in the module; this file knows only about
+optimisation: gradient accumulation, mixed precision, clipping, AdamW, warmup + schedule, seeded data
+order, metrics (synchronised once per logging step, never per micro-batch), atomic checkpoints, exact
+resume, and a stop on a non-finite loss that names the step and the batch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from prefkit.train import checkpoint as ckpt_io
+from prefkit.train.config import TrainConfig
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class OutputDirExistsError(FileExistsError):
+    pass
+
+
+class EpochPermutationSampler(Sampler):
+    """A fresh seeded permutation each epoch: the data order is a function of (seed, epoch) only."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self):
+        return self.n
+
+
+@dataclass
+class TrainResult:
+    global_step: int
+    output_dir: str
+    history: list[dict] = field(default_factory=list)
+    final_checkpoint: str | None = None
+
+
+def _schedule(name: str, optimizer, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup + 1) if warmup else 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if name == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        if name == "linear":
+            return max(0.0, 1.0 - progress)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def check_output_dir(out: Path, overwrite: bool, resume: bool) -> None:
+    holds_run = out.exists() and (any(out.glob("checkpoint-*")) or (out / "metrics.jsonl").exists())
+    if holds_run and not (overwrite or resume):
+        raise OutputDirExistsError(
+            f"{out} already holds a run (checkpoints or metrics.jsonl). Use `prefkit resume {out}` to continue it, "
+            f"or set train.overwrite=true to replace it.")
+    if holds_run and overwrite and not resume:
+        for p in list(out.glob("checkpoint-*")) + [out / "model"]:
+            shutil.rmtree(p, ignore_errors=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, module: torch.nn.Module, train_dataset, collate_fn,
+                 *, run_config: dict | None = None, accelerator: Accelerator | None = None, log=print):
+        self.cfg, self.module, self.dataset, self.collate_fn = cfg, module, train_dataset, collate_fn
+        self.run_config, self.log = run_config, log
+        self.accelerator = accelerator or Accelerator(gradient_accumulation_steps=cfg.grad_accum_steps,
+                                                      mixed_precision=cfg.mixed_precision)
+        self.out = Path(cfg.output_dir)
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self):
+        cfg, acc = self.cfg, self.accelerator
+        set_seed(cfg.seed)
+        if len(self.dataset) == 0:
+            raise ValueError("the training set is empty")
+        self.sampler = EpochPermutationSampler(len(self.dataset), cfg.seed)
+        dl = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.sampler, collate_fn=self.collate_fn)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the module has no trainable parameters")
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+        self.model, self.optimizer, self.dl = acc.prepare(self.module, self.optimizer, dl)
+        self.micro_per_epoch = len(self.dl)
+        self.steps_per_epoch = max(1, math.ceil(self.micro_per_epoch / cfg.grad_accum_steps))
+        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else self.steps_per_epoch * cfg.num_epochs
+        self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.scheduler = _schedule(cfg.lr_scheduler, self.optimizer, int(cfg.warmup_ratio * self.total_steps), self.total_steps)
+        acc.register_for_checkpointing(self.scheduler)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save(self, step: int, epoch: int, micro_done: int) -> Path:
+        acc = self.accelerator
+        tmp, final = ckpt_io.tmp_dir_for(self.out, step), self.out / f"checkpoint-{step}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp / "state"), safe_serialization=True)
+        if acc.is_main_process:
+            acc.unwrap_model(self.model).save_pretrained(tmp / "model")
+            state = {"global_step": step, "epoch": epoch, "micro_batches_done_in_epoch": micro_done,
+                     "seed": self.cfg.seed, "num_processes": acc.num_processes}
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+            ckpt_io.finalize(tmp, final, {"global_step": step})
+            ckpt_io.prune(self.out, self.cfg.save_total_limit)
+        acc.wait_for_everyone()
+        return final
+
+    def _restore(self) -> tuple[int, int, int]:
+        ck = ckpt_io.latest_valid(self.out, log=self.log)
+        if ck is None:
+            raise FileNotFoundError(f"{self.out}: no complete checkpoint to resume from")
+        state = json.loads((ck / "trainer_state.json").read_text())
+        if state.get("num_processes", 1) != self.accelerator.num_processes:
+            self.log(f"[prefkit] note: checkpoint made with {state['num_processes']} processes, resuming with "
+                     f"{self.accelerator.num_processes}; the data order will differ from an uninterrupted run")
+        self.accelerator.load_state(str(ck / "state"))
+        self.log(f"[prefkit] resumed from {ck} (step {state['global_step']})")
+        return state["global_step"], state["epoch"], state["micro_batches_done_in_epoch"]
+
+    # ------------------------------------------------------------------ metrics
+    def _flush(self, step: int, window: dict, t0: float, pbar) -> dict | None:
+        """One device sync for everything logged in this window; stops on a non-finite loss."""
+        acc = self.accelerator
+        names = sorted(window["metrics"])
+        losses = torch.stack(window["losses"])  # (n_micro,)
+        vals = [torch.stack(window["metrics"][n]).float().mean() for n in names]
+        if window.get("grad_norm") is not None:
+            names, vals = names + ["grad_norm"], vals + [window["grad_norm"].detach().float().reshape(())]
+        packed = torch.stack([losses.float().mean(), *vals, window["tokens"].float(), window["samples"].float()])
+        finite = torch.isfinite(losses).all()
+        packed_all = acc.gather(torch.cat([packed, finite.float()[None]])[None])  # (P, n)
+        if not bool(packed_all[:, -1].all()):
+            bad = (~torch.isfinite(losses)).nonzero()
+            j = int(bad[0]) if len(bad) else -1
+            rows = window["rows"][j].tolist() if j >= 0 else "on another process"
+            last = ckpt_io.latest_valid(self.out, log=lambda *_: None)
+            raise NonFiniteLossError(
+                f"non-finite loss at optimizer step {window['first_step'] + j // self.cfg.grad_accum_steps} "
+                f"(micro-batch {j} of this logging window, dataset rows {rows}); training stopped. "
+                f"Last good checkpoint: {last if last else 'none yet'}")
+        mean = packed_all[:, :-3].mean(0).tolist()
+        tokens, samples = packed_all[:, -3].sum().item(), packed_all[:, -2].sum().item()
+        dt = max(time.perf_counter() - t0, 1e-9)
+        rec = {"step": step, "epoch": round(step / self.steps_per_epoch, 4), "loss": mean[0]}
+        rec.update({n: v for n, v in zip(names, mean[1:])})
+        rec.update({"lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens / dt, "samples_per_s": samples / dt})
+        if acc.is_main_process:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if self.tb is not None:
+                for k, v in rec.items():
+                    if k != "step":
+                        self.tb.add_scalar(k, v, step)
+            if pbar is not None:
+                pbar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec.get('rewards/accuracies', float('nan')):.2f}")
+        return rec
+
+    # ------------------------------------------------------------------ train
+    def train(self, resume: bool = False) -> TrainResult:
+        cfg, acc = self.cfg, self.accelerator
+        if acc.is_main_process:
+            check_output_dir(self.out, cfg.overwrite, resume)
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self.run_config is not None:
+                (self.out / "run_config.json").write_text(json.dumps(self.run_config, indent=1, default=str))
+            (self.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        acc.wait_for_everyone()
+        self._setup()
+        self.tb = None
+        if cfg.tensorboard and acc.is_main_process:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.out / "tensorboard"))
+        step, epoch, skip = self._restore() if resume else (0, 0, 0)
+        history: list[dict] = []
+        pbar = tqdm(total=self.total_steps, initial=step, desc="train", disable=not (cfg.progress_bar and acc.is_main_process),
+                    dynamic_ncols=True)
+        last_ckpt = None
+        self.model.train()
+        while step < self.total_steps:
+            self.sampler.set_epoch(epoch)
+            if hasattr(self.dl, "set_epoch"):
+                self.dl.set_epoch(epoch)
+            dl = acc.skip_first_batches(self.dl, skip) if skip else self.dl
+            micro = skip
+            window = self._new_window(step)
+            t0 = time.perf_counter()
+            for batch in dl:
+                with acc.accumulate(self.model):
+                    loss, metrics = self.model(batch)
+                    acc.backward(loss)
+                    micro += 1
+                    self._record(window, loss, metrics, batch)
+                    if acc.sync_gradients:
+                        if cfg.max_grad_norm > 0:
+                            window["grad_norm"] = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                        self.optimizer.step()
+                        self.scheduler.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                        step += 1
+                        pbar.update(1)
+                        done = step >= self.total_steps
+                        saving = cfg.save_steps > 0 and step % cfg.save_steps == 0
+                        if step % cfg.logging_steps == 0 or saving or done:
+                            rec = self._flush(step, window, t0, pbar)
+                            history.append(rec)
+                            window, t0 = self._new_window(step), time.perf_counter()
+                        if saving or done:
+                            at_epoch_end = micro >= self.micro_per_epoch
+                            last_ckpt = self._save(step, epoch + 1 if at_epoch_end else epoch, 0 if at_epoch_end else micro)
+                        if done:
+                            break
+            epoch, skip = epoch + 1, 0
+        pbar.close()
+        if acc.is_main_process and last_ckpt is not None:
+            model_dir, tmp = self.out / "model", self.out / "model.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(last_ckpt / "model", tmp)
+            shutil.rmtree(model_dir, ignore_errors=True)
+            tmp.replace(model_dir)
+        if self.tb is not None:
+            self.tb.close()
+        acc.wait_for_everyone()
+        return TrainResult(step, str(self.out), history, str(last_ckpt) if last_ckpt else None)
+
+    def _new_window(self, step: int) -> dict:
+        dev = self.accelerator.device
+        return {"losses": [], "metrics": {}, "rows": [], "first_step": step + 1,
+                "tokens": torch.zeros((), device=dev), "samples": torch.zeros((), device=dev), "grad_norm": None}
+
+    def _record(self, window: dict, loss, metrics: dict, batch) -> None:
+        window["losses"].append(loss.detach())
+        for k, v in metrics.items():
+            window["metrics"].setdefault(k, []).append(v.detach().float())
+        if isinstance(batch, dict):
+            window["rows"].append(batch.get("index", torch.tensor([])))
+            if "n_tokens" in batch:
+                window["tokens"] += batch["n_tokens"]
+            if "mask" in batch:
+                window["samples"] += batch["mask"].shape[0]
