@@ -86,3 +86,124 @@ def test_global_stages_and_variable_k():
         split_stages(pairs, 0)
     with pytest.raises(ValueError, match="mode"):
         split_stages(pairs, 2, mode="by_prompt")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Staged training: the reference of stage i+1 is the policy at the end of stage i (and stays put otherwise)
+# ---------------------------------------------------------------------------------------------------------
+import copy  # noqa: E402
+
+import torch  # noqa: E402
+
+from prefkit.data.collate import collate_groups  # noqa: E402
+from prefkit.data.tokenize import TokenizeSettings, tokenize_pair, tokenize_ranked  # noqa: E402
+from prefkit.methods.curry_dpo import CurryMethodConfig, train_curriculum  # noqa: E402
+from prefkit.models.loading import LoraSettings, ModelConfig, is_peft, load_causal_lm, load_tokenizer  # noqa: E402
+from prefkit.models.logprobs import completion_logps  # noqa: E402
+from prefkit.train.config import TrainConfig  # noqa: E402
+
+TINY = {"model_type": "qwen2", "vocab_size": 259, "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+        "max_position_embeddings": 128, "tie_word_embeddings": True}
+
+
+def _tiny(lora: bool):
+    cfg = ModelConfig(tokenizer="byte", init_config=dict(TINY), init_seed=0,
+                      lora=LoraSettings(r=4, alpha=8, target_modules=["q_proj", "v_proj"]) if lora else None)
+    return load_causal_lm(cfg), load_tokenizer(cfg)
+
+
+def _weights(model) -> dict:
+    """The effective weights of a model (LoRA adapters merged into a copy)."""
+    if is_peft(model):
+        model = copy.deepcopy(model).merge_and_unload()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _reference_weights(module) -> dict:
+    ref = module.ref
+    if ref.kind == "copy":
+        return _weights(ref.model)
+    assert ref.kind == "adapter"  # the base weights under the adapters
+    return {k: v.detach().clone() for k, v in copy.deepcopy(module.policy).unload().state_dict().items()}
+
+
+def _same(a: dict, b: dict, atol: float = 0.0) -> bool:
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=atol, rtol=0) for k in a)
+
+
+def _run_stages(tmp_path, *, lora: bool, reference: str, refresh: bool):
+    policy, tok = _tiny(lora)
+    lists = [RankedList(prompt=f"{a}+{a}=", responses=(f"{2 * a}", f"{2 * a + 1}", "x", f"{a}{a}"),
+                        scores=(3.0, 2.0, 0.0, 1.0)) for a in range(1, 7)]
+    stages = split_stages(pairs_from_lists(lists, "best_vs_rest"), 3)
+    settings = TokenizeSettings(max_length=64)
+    probe = collate_groups([tokenize_ranked(lists[0], tok, settings)], tok.pad_token_id, "prefix")  # K = 4
+    # each stage's pairs as one batch, indexed as train_curriculum indexes them (unique across stages)
+    stage_batches = [collate_groups([tokenize_pair(p, tok, settings, index=6 * s + i) for i, p in enumerate(st)],
+                                    tok.pad_token_id, "prefix") for s, st in enumerate(stages)]
+    method = CurryMethodConfig(beta=0.5, reference=reference, refresh_reference=refresh,
+                               reference_cache_dir=str(tmp_path / "refcache"))
+    train = TrainConfig(output_dir=str(tmp_path / "run"), learning_rate=3e-2, max_steps=6, batch_size=3,
+                        lr_scheduler="constant", warmup_ratio=0.0, progress_bar=False)
+    seen = {k: [] for k in ("start_ref", "start_ref_logps", "end_policy", "end_policy_logps", "start_policy_logps",
+                            "stage_ref_logps", "stage_policy_logps")}
+    initial = _weights(policy)
+    initial_model = copy.deepcopy(policy)
+
+    @torch.no_grad()
+    def start(s, module):
+        if reference != "precomputed":
+            seen["start_ref"].append(_reference_weights(module))
+            seen["start_ref_logps"].append(module.ref.logps(module.policy, probe))
+        seen["start_policy_logps"].append(completion_logps(module.policy, probe).logps)
+        seen["stage_ref_logps"].append(module.ref.logps(module.policy, stage_batches[s]))
+        seen["stage_policy_logps"].append(completion_logps(module.policy, stage_batches[s]).logps)
+
+    @torch.no_grad()
+    def end(s, module):
+        seen["end_policy"].append(_weights(module.policy))
+        seen["end_policy_logps"].append(completion_logps(module.policy, probe).logps)
+
+    result = train_curriculum(policy, tok, stages, method, train, settings, log=lambda *a: None,
+                              on_stage_start=start, on_stage_end=end)
+    seen["initial_stage_logps"] = [completion_logps(initial_model, b).logps.detach() for b in stage_batches]
+    return result, seen, initial
+
+
+@pytest.mark.parametrize("lora, reference", [(False, "copy"), (True, "adapter"), (True, "copy")])
+def test_refresh_makes_previous_final_policy_the_reference(tmp_path, lora, reference):
+    result, seen, initial = _run_stages(tmp_path, lora=lora, reference=reference, refresh=True)
+    assert [r.result.global_step for r in result.stages] == [2, 2, 2] and result.global_step == 6
+    assert [r.reference for r in result.stages] == ["initial policy", "policy after stage 0", "policy after stage 1"]
+    assert _same(seen["start_ref"][0], initial)
+    for s in (1, 2):
+        # the reference's weights changed since the previous stage ...
+        assert not _same(seen["start_ref"][s], seen["start_ref"][s - 1], atol=1e-6)
+        # ... and are the policy's weights at the end of the previous stage
+        assert _same(seen["start_ref"][s], seen["end_policy"][s - 1], atol=1e-6)
+        # so at the start of a stage the reference scores completions exactly as that policy did
+        torch.testing.assert_close(seen["start_ref_logps"][s], seen["end_policy_logps"][s - 1], atol=1e-5, rtol=0)
+        # refreshing never changes the policy itself (for LoRA: merged adapters, re-initialised to zero effect)
+        torch.testing.assert_close(seen["start_policy_logps"][s], seen["end_policy_logps"][s - 1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("lora, reference", [(False, "copy"), (True, "adapter")])
+def test_fixed_reference_keeps_initial_weights(tmp_path, lora, reference):
+    result, seen, initial = _run_stages(tmp_path, lora=lora, reference=reference, refresh=False)
+    assert [r.reference for r in result.stages] == ["initial policy"] * 3
+    for s in range(3):
+        assert _same(seen["start_ref"][s], initial)
+    assert not _same(seen["end_policy"][2], initial, atol=1e-6)  # while the policy did train
+
+
+@pytest.mark.parametrize("refresh", [True, False])
+def test_precomputed_reference_follows_the_refresh_setting(tmp_path, refresh):
+    result, seen, _ = _run_stages(tmp_path, lora=False, reference="precomputed", refresh=refresh)
+    assert result.global_step == 6
+    for s in range(3):
+        # refreshed: the cached log-probs of stage s come from the policy that starts stage s (= ended s-1);
+        # fixed: from the initial policy, for every stage
+        want = seen["stage_policy_logps"][s] if refresh else seen["initial_stage_logps"][s]
+        torch.testing.assert_close(seen["stage_ref_logps"][s], want, atol=1e-5, rtol=0)
+    assert not torch.allclose(seen["stage_policy_logps"][2], seen["initial_stage_logps"][2], atol=1e-3)

@@ -149,3 +149,39 @@ def test_curry_dpo_rebuilds_ranked_lists():
     assert len(lists) == 1 and report.n_skipped == 1
     assert lists[0].responses == ("R1", "R2", "R3", "R4") and lists[0].scores == (3.0, 2.0, 1.0, 0.0)
     assert "medium.conversation[1].chosen_content" in report.first_errors[0]
+
+
+def test_prefix_shared_logps_of_k_completions_match_naive_and_a_plain_forward():
+    """Item 5: K completions of one prompt, prompt computed once (prefix backend) == naive padded rows
+    == a plain full forward per (prompt, completion), to 1e-5 in float32; lists of K = 4 and K = 3 mixed."""
+    import torch
+    import torch.nn.functional as F
+
+    from prefkit.data.collate import collate_groups
+    from prefkit.data.examples import RankedList
+    from prefkit.data.tokenize import TokenizeSettings, tokenize_ranked
+    from prefkit.models.loading import ModelConfig, load_causal_lm, load_tokenizer
+    from prefkit.models.logprobs import completion_logps
+
+    cfg = ModelConfig(tokenizer="byte", init_config={
+        "model_type": "qwen2", "vocab_size": 259, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 128, "tie_word_embeddings": True})
+    model, tok = load_causal_lm(cfg).eval(), load_tokenizer(cfg)
+    lists = [RankedList("Start with 7. Add 5.", ("Step 1: 7 + 5 = 12", "Step 1: 7 + 5 = 13", "12", "I do not know"),
+                        (1.0, 0.5, 0.8, 0.0)),
+             RankedList([{"role": "user", "content": "2 * 3?"}], ("6", "five", "2 * 3 = 6"), (0.9, 0.0, 1.0))]
+    settings = TokenizeSettings(max_length=96)
+    groups = [tokenize_ranked(x, tok, settings, index=i) for i, x in enumerate(lists)]
+    with torch.no_grad():
+        pre = completion_logps(model, collate_groups(groups, tok.pad_token_id, "prefix"))
+        nai = completion_logps(model, collate_groups(groups, tok.pad_token_id, "naive"))
+        plain = torch.zeros(2, 4)
+        for b, g in enumerate(groups):
+            for k, comp in enumerate(g.completion_ids):
+                ids = torch.tensor([g.prompt_ids + comp])
+                logits = model(input_ids=ids).logits[0, len(g.prompt_ids) - 1: -1].float()  # (len(comp), V)
+                plain[b, k] = -F.cross_entropy(logits, torch.tensor(comp), reduction="sum")
+    assert pre.logps.shape == (2, 4) and pre.mask.tolist() == [[True] * 4, [True, True, True, False]]
+    torch.testing.assert_close(pre.logps, nai.logps, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pre.logps, plain, atol=1e-5, rtol=0)
+    assert torch.equal(pre.n_tokens, nai.n_tokens) and pre.logps[1, 3] == 0

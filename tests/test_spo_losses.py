@@ -47,6 +47,19 @@ def test_mean_matches_diffusers_ddim_step():
         torch.testing.assert_close(x0, out.pred_original_sample, rtol=1e-5, atol=1e-5)
 
 
+def test_clipped_mean_matches_diffusers_clip_sample():
+    torch.manual_seed(5)
+    s = DDIMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=True, set_alpha_to_one=True)
+    s.set_timesteps(10)
+    x_t, eps, z = (3 * torch.randn(3, 2, 3, 4, 4)).unbind(0)
+    t = int(s.timesteps[2])
+    a_t, a_p, _ = _abars(s, t)
+    mu, sigma, x0 = ddim_step_mean(x_t, eps, a_t, a_p, eta=1.0, clip_sample=True)
+    out = s.step(eps, t, x_t, eta=1.0, variance_noise=z)
+    assert float(x0.abs().max()) <= 1.0
+    torch.testing.assert_close(mu + sigma * z, out.prev_sample, rtol=1e-5, atol=1e-5)
+
+
 def test_logprob_equals_torch_normal_mean_over_elements():
     torch.manual_seed(1)
     s = _scheduler()

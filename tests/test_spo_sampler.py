@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from prefkit.diffusion.spo_sampler import SPOSamplerConfig, guided_eps, schedule_alphas, spo_sample
+from prefkit.diffusion.spo_sampler import SPOSamplerConfig, ddim_schedule, guided_eps, spo_sample
 from prefkit.losses.spo import ddim_step_mean
 
 
@@ -71,20 +71,21 @@ def test_candidates_are_ddim_draws_and_winner_is_argmax():
     cfg = SPOSamplerConfig(num_inference_steps=6, eta=1.0, guidance_scale=3.0, num_candidates=2, threshold=0.0)
     out = spo_sample(unet, sch, cond, uncond, _score, cfg, shape=(2, 6, 6), generator=torch.Generator().manual_seed(3))
     p = out.pairs
+    grid = ddim_schedule(sch, 6)
     residuals = []
     for j in range(len(p)):
         t, b = int(p.timesteps[j]), int(p.rows[j])
         eps, _ = guided_eps(unet, p.x_t[j:j + 1], t, cond[b:b + 1], uncond[b:b + 1], 3.0)
-        a_t, a_p = schedule_alphas(sch, t)
+        _, a_t, a_p = grid[int(p.step_index[j])]
+        assert grid[int(p.step_index[j])][0] == t
         mu, sigma, _ = ddim_step_mean(p.x_t[j:j + 1], eps, a_t, a_p, 1.0)
         assert float(p.alpha_bar_t[j]) == pytest.approx(a_t) and float(p.alpha_bar_prev[j]) == pytest.approx(a_p)
         residuals += [((p.x_w[j:j + 1] - mu) / sigma).flatten(), ((p.x_l[j:j + 1] - mu) / sigma).flatten()]
         if int(p.step_index[j]) < 5:  # the winner's score is that of its own x0_hat at the next timestep
-            t_next = int(sch.timesteps[int(p.step_index[j]) + 1])
+            t_next, a_n, _ = grid[int(p.step_index[j]) + 1]
             scores = []
             for x in (p.x_w[j:j + 1], p.x_l[j:j + 1]):
                 e, _ = guided_eps(unet, x, t_next, cond[b:b + 1], uncond[b:b + 1], 3.0)
-                a_n, _ = schedule_alphas(sch, t_next)
                 scores.append(float(_score((x - (1 - a_n) ** 0.5 * e) / a_n**0.5, None, None)))
             assert scores[0] == pytest.approx(float(p.score_w[j]), rel=1e-4)
             assert scores[1] == pytest.approx(float(p.score_l[j]), rel=1e-4)
@@ -120,3 +121,22 @@ def test_config_validation():
         SPOSamplerConfig(num_candidates=1)
     with pytest.raises(ValueError, match="divert_start_step"):
         SPOSamplerConfig(num_inference_steps=5, divert_start_step=5)
+
+
+def test_prefkit_ddpm_schedule_last_step_is_plain():
+    """With a DDPMScheduler (prefkit backends) alpha_bar_prev = 1 after the last step: sigma = 0, so the last
+    step is a plain deterministic step and is never compared; x0_hat is clipped like the scheduler's config."""
+    from diffusers import DDPMScheduler
+
+    unet, _, cond, uncond = _setup()
+    sch = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True)
+    grid = ddim_schedule(sch, 5)
+    assert [t for t, _, _ in grid] == [800, 600, 400, 200, 0] and grid[-1][2] == 1.0
+    seen = []
+    cfg = SPOSamplerConfig(num_inference_steps=5, num_candidates=2, threshold=0.0)
+    out = spo_sample(unet, sch, cond, uncond, lambda x0, t, r: (seen.append(x0), _score(x0, t, r))[1], cfg,
+                     shape=(2, 4, 4), generator=torch.Generator().manual_seed(5))
+    B, T, K = 3, 5, 2
+    assert out.n_compared == B * (T - 1) and int(out.pairs.step_index.max()) == T - 2
+    assert out.unet_forwards == 2 * B + 2 * K * B * (T - 1)
+    assert max(float(x.abs().max()) for x in seen) <= 1.0

@@ -10,8 +10,9 @@ continues from a candidate drawn uniformly at random (the step-wise resampler), 
 shares one parent. Before ``divert_start_step`` the chain is an ordinary single DDIM chain.
 
 Written against the generic diffusers interfaces: ``unet(x, t, encoder_hidden_states=e).sample`` and a
-DDIMScheduler-like object with ``alphas_cumprod``, ``final_alpha_cumprod``, ``timesteps`` (after
-``set_timesteps``), ``num_inference_steps`` and ``config.num_train_timesteps``.
+scheduler with ``alphas_cumprod`` and ``config.num_train_timesteps`` (a DDIMScheduler keeps its own
+timestep spacing and ``final_alpha_cumprod``; see ``ddim_schedule``). A step whose sigma_t is 0 (the last
+step when alpha_bar_prev = 1) has no diversity and is taken as a plain step.
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from diffusers import DDIMScheduler
+
+from prefkit.diffusion.ddim import ddim_timesteps
 from prefkit.losses.spo import ddim_step_mean
 
 # score_fn(x0_hat (N, C, H, W), timesteps (N,), rows (N,)) -> (N,) preference logits, higher = better;
@@ -36,6 +40,7 @@ class SPOSamplerConfig:
     num_candidates: int = 4      # k: 4 for SD1.5, 2 for SDXL in the paper
     threshold: float = 0.3       # keep a pair when p_best - p_worst > threshold (0.3 SD1.5, 0.4 SDXL)
     divert_start_step: int = 0   # first step index (0-based) that draws k candidates
+    clip_sample: bool | None = None  # clamp x0_hat to [-1, 1]; None = the scheduler's config (True in pixel space)
 
     def __post_init__(self) -> None:
         if self.num_inference_steps < 1:
@@ -96,12 +101,22 @@ class SPOSampleOutput:
     scores: torch.Tensor         # (n_compared * k,) every candidate score, for logging
 
 
-def schedule_alphas(scheduler, t: int) -> tuple[float, float]:
-    """(alpha_bar_t, alpha_bar_prev) exactly as DDIMScheduler.step picks them."""
-    prev_t = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
-    a_t = float(scheduler.alphas_cumprod[t])
-    a_p = float(scheduler.alphas_cumprod[prev_t]) if prev_t >= 0 else float(scheduler.final_alpha_cumprod)
-    return a_t, a_p
+def ddim_schedule(scheduler, num_steps: int) -> list[tuple[int, float, float]]:
+    """[(t, alpha_bar_t, alpha_bar_prev), ...] from noisy to clean.
+
+    A diffusers DDIMScheduler keeps its own spacing (``steps_offset``) and ``final_alpha_cumprod``
+    (SD1.5: alphas_cumprod[0]); any other scheduler (the DDPMScheduler of prefkit backends) follows
+    ``prefkit.diffusion.ddim``: leading spacing and alpha_bar_prev = 1 after the last step.
+    """
+    ac = scheduler.alphas_cumprod
+    if isinstance(scheduler, DDIMScheduler):
+        scheduler.set_timesteps(num_steps)
+        stride = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+        pairs = [(int(t), int(t) - stride) for t in scheduler.timesteps]
+        final = float(scheduler.final_alpha_cumprod)
+    else:
+        pairs, final = ddim_timesteps(scheduler.config.num_train_timesteps, num_steps), 1.0
+    return [(t, float(ac[t]), float(ac[tp]) if tp >= 0 else final) for t, tp in pairs]
 
 
 def guided_eps(unet, x: torch.Tensor, t: int | torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
@@ -136,34 +151,36 @@ def spo_sample(
     """
     B, K = cond.shape[0], cfg.num_candidates
     dev = cond.device
-    scheduler.set_timesteps(cfg.num_inference_steps)
-    timesteps = [int(t) for t in scheduler.timesteps]
-    x = torch.randn((B, *shape), generator=generator, device=dev, dtype=cond.dtype)  # (B, C, H, W)
+    sched = ddim_schedule(scheduler, cfg.num_inference_steps)
+    clip = bool(scheduler.config.get("clip_sample", False)) if cfg.clip_sample is None else cfg.clip_sample
+    x = torch.randn((B, *shape), generator=generator, dtype=cond.dtype).to(dev)  # (B, C, H, W)
     cond_k = cond.repeat(K, 1, 1)  # (K*B, L, D), candidate j of row b at j*B + b
     uncond_k = None if uncond is None else uncond.repeat(K, 1, 1)
     rows_k = torch.arange(B, device=dev).repeat(K)  # (K*B,)
     forwards, n_compared, kept, all_scores = 0, 0, [], []
-    eps, n = guided_eps(unet, x, timesteps[0], cond, uncond, cfg.guidance_scale)  # (B, C, H, W)
+    eps, n = guided_eps(unet, x, sched[0][0], cond, uncond, cfg.guidance_scale)  # (B, C, H, W)
     forwards += n
-    for i, t in enumerate(tqdm(timesteps, desc="spo sample", disable=not progress, leave=False)):
-        a_t, a_p = schedule_alphas(scheduler, t)
-        mu, sigma, _ = ddim_step_mean(x, eps, a_t, a_p, cfg.eta)
-        last = i == len(timesteps) - 1
-        if i < cfg.divert_start_step:  # ordinary single chain
-            x = mu + sigma * torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype)
-            eps, n = guided_eps(unet, x, timesteps[i + 1], cond, uncond, cfg.guidance_scale)
-            forwards += n
+    for i, (t, a_t, a_p) in enumerate(tqdm(sched, desc="spo sample", disable=not progress, leave=False)):
+        mu, sigma, _ = ddim_step_mean(x, eps, a_t, a_p, cfg.eta, clip_sample=clip)
+        last = i == len(sched) - 1
+        if i < cfg.divert_start_step or float(sigma) == 0.0:
+            # ordinary single chain (and deterministic steps, e.g. alpha_bar_prev = 1 at the end: no diversity)
+            x = mu + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(dev)
+            if not last:
+                eps, n = guided_eps(unet, x, sched[i + 1][0], cond, uncond, cfg.guidance_scale)
+                forwards += n
             continue
-        z = torch.randn((K, *x.shape), generator=generator, device=dev, dtype=x.dtype)  # (K, B, C, H, W)
+        z = torch.randn((K, *x.shape), generator=generator, dtype=x.dtype).to(dev)  # (K, B, C, H, W)
         cands = (mu.unsqueeze(0) + sigma * z).flatten(0, 1)  # (K*B, C, H, W)
         if last:  # candidates are clean images: score them at t = 0
             x0_c, t_score, eps_c = cands, torch.zeros(K * B, dtype=torch.long, device=dev), None
         else:
-            t_next = timesteps[i + 1]
+            t_next, a_n, _ = sched[i + 1]
             eps_c, n = guided_eps(unet, cands, t_next, cond_k, uncond_k, cfg.guidance_scale)  # (K*B, C, H, W)
             forwards += n
-            a_n, _ = schedule_alphas(scheduler, t_next)
             x0_c = (cands - (1.0 - a_n) ** 0.5 * eps_c) / a_n**0.5
+            if clip:
+                x0_c = x0_c.clamp(-1.0, 1.0)
             t_score = torch.full((K * B,), t_next, dtype=torch.long, device=dev)
         scores = score_fn(x0_c, t_score, rows_k).float().reshape(K, B)  # (K, B)
         all_scores.append(scores.flatten())
@@ -183,7 +200,7 @@ def spo_sample(
                 score_w=s_sorted[0, b], score_l=s_sorted[-1, b],
             ))
         # step-wise resampler: continue from a uniformly drawn candidate, reusing its UNet pass
-        pick = torch.randint(0, K, (B,), generator=generator, device=dev) * B + torch.arange(B, device=dev)
+        pick = torch.randint(0, K, (B,), generator=generator).to(dev) * B + torch.arange(B, device=dev)
         x = cands[pick]
         if eps_c is not None:
             eps = eps_c[pick]

@@ -56,12 +56,19 @@ def ddim_step_mean(
     alpha_bar_t: torch.Tensor | float,
     alpha_bar_prev: torch.Tensor | float,
     eta: float,
+    *,
+    clip_sample: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mu_theta, sigma_t, x0_hat) of one DDIM step; mu and x0_hat are (B, ...), sigma broadcastable."""
+    """(mu_theta, sigma_t, x0_hat) of one DDIM step; mu and x0_hat are (B, ...), sigma broadcastable.
+
+    ``clip_sample`` clamps x0_hat to [-1, 1] first, as DDIMScheduler(clip_sample=True) does in pixel space.
+    """
     sigma = _as_image_shaped(ddim_sigma(alpha_bar_t, alpha_bar_prev, eta), x_t)
     abar_t = _as_image_shaped(alpha_bar_t, x_t)
     abar_p = _as_image_shaped(alpha_bar_prev, x_t)
     x0_hat = (x_t - (1.0 - abar_t).sqrt() * eps_hat) / abar_t.sqrt()  # (B, C, H, W)
+    if clip_sample:
+        x0_hat = x0_hat.clamp(-1.0, 1.0)
     direction = (1.0 - abar_p - sigma**2).clamp_min(0.0).sqrt() * eps_hat
     mu = abar_p.sqrt() * x0_hat + direction  # (B, C, H, W)
     return mu, sigma, x0_hat
@@ -74,18 +81,21 @@ def ddim_step_logprob(
     alpha_bar_t: torch.Tensor | float,
     alpha_bar_prev: torch.Tensor | float,
     eta: float,
+    *,
+    clip_sample: bool = False,
 ) -> torch.Tensor:
     """log p_theta(x_prev | x_t), averaged over the elements of each sample. Returns (B,).
 
     ``eps_hat`` is the (guided) noise prediction at (x_t, t); gradients flow through it. ``x_prev`` is a
     sampled candidate and is treated as data (detached). ``alpha_bar_*`` are floats or (B,) tensors.
+    ``clip_sample`` must match the sampler that drew ``x_prev`` (pixel-space models clip x0_hat).
     """
     if x_prev.shape != x_t.shape or eps_hat.shape != x_t.shape:
         raise ValueError(
             f"ddim_step_logprob: shapes differ: x_prev {tuple(x_prev.shape)}, x_t {tuple(x_t.shape)}, "
             f"eps_hat {tuple(eps_hat.shape)}"
         )
-    mu, sigma, _ = ddim_step_mean(x_t, eps_hat, alpha_bar_t, alpha_bar_prev, eta)
+    mu, sigma, _ = ddim_step_mean(x_t, eps_hat, alpha_bar_t, alpha_bar_prev, eta, clip_sample=clip_sample)
     if bool((sigma <= 0).any()):
         raise ValueError("ddim_step_logprob: sigma_t is 0 (alpha_bar_prev == 1?); the step is deterministic")
     logp = -((x_prev.detach() - mu) ** 2) / (2.0 * sigma**2) - sigma.log() - _HALF_LOG_2PI  # (B, C, H, W)

@@ -200,7 +200,7 @@ def get_attack(name: str) -> Attack:
 def attack_example(base: SafetyExample, style: str, rng: random.Random) -> SafetyExample:
     """The attacked version of a base question: same topics and source, `base_id` = the base's."""
     attacked = get_attack(style)(base.question, rng)
-    return SafetyExample(uuid=f"{base.base_id}:{style}", source=base.source, style=style, question=attacked,
+    return SafetyExample(uuid=f"{base.uuid}:{style}", source=base.source, style=style, question=attacked,
                          topics=dict(base.topics), base_id=base.base_id,
                          base_question=base.base_question or base.question, meta=dict(base.meta))
 

@@ -86,13 +86,20 @@ def check_output_dir(out: Path, overwrite: bool, resume: bool) -> None:
         (out / "metrics.jsonl").unlink(missing_ok=True)
 
 
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    # Without a GPU, `cpu=True` lets accelerate see a torchrun / `accelerate launch --multi_gpu` world
+    # (RANK/WORLD_SIZE set) as MULTI_CPU with gloo; otherwise every rank would think it is alone.
+    no_gpu = not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
+    return Accelerator(gradient_accumulation_steps=cfg.grad_accum_steps, mixed_precision=cfg.mixed_precision,
+                       cpu=no_gpu and not torch.backends.mps.is_available())
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, module: torch.nn.Module, train_dataset, collate_fn,
                  *, run_config: dict | None = None, accelerator: Accelerator | None = None, log=print):
         self.cfg, self.module, self.dataset, self.collate_fn = cfg, module, train_dataset, collate_fn
         self.run_config, self.log = run_config, log
-        self.accelerator = accelerator or Accelerator(gradient_accumulation_steps=cfg.grad_accum_steps,
-                                                      mixed_precision=cfg.mixed_precision)
+        self.accelerator = accelerator or make_accelerator(cfg)
         self.out = Path(cfg.output_dir)
 
     # ------------------------------------------------------------------ setup

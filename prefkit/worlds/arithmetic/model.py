@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from prefkit.worlds.arithmetic.problems import (PROMPT_TEMPLATE, RESPONSE_PREFIX, Problem, WorldConfig,
                                                 make_splits)
-from prefkit.worlds.arithmetic.tokenizer import build_char_tokenizer
+from prefkit.worlds.arithmetic.tokenizer import build_tokenizer
 
 CACHE_VERSION = 1
 
@@ -62,6 +62,8 @@ class SFTConfig:
     weight_decay: float = 0.0
     n_train: int = 20000
     style: str = "symbolic"  # step style of the reference solutions (symbolic | words)
+    tokenizer: str = "bpe"  # bpe (words merged, digits single) | char
+    bpe_vocab: int = 400
     seed: int = 0
 
     @classmethod
@@ -141,16 +143,21 @@ def train_sft(module: SFTModule, data: list, pad_id: int, cfg: SFTConfig, log_ev
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=cfg.learning_rate,
                             weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     rng = random.Random(cfg.seed)
-    order: list[int] = []
+    order: list[list[int]] = []  # upcoming batches, each of similar lengths (less padding)
     history = []
     module.train()
     t0 = time.time()
     bar = tqdm(range(cfg.steps), desc="sft", mininterval=5)
     for step in bar:
-        if len(order) < cfg.batch_size:
-            order = list(range(len(data)))
+        if not order:
+            perm = list(range(len(data)))
+            rng.shuffle(perm)
+            chunk = cfg.batch_size * 16
+            for s in range(0, len(perm) - cfg.batch_size + 1, chunk):
+                part = sorted(perm[s : s + chunk], key=lambda i: len(data[i][0]) + len(data[i][1]))
+                order += [part[j : j + cfg.batch_size] for j in range(0, len(part) - cfg.batch_size + 1, cfg.batch_size)]
             rng.shuffle(order)
-        idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
+        idx = order.pop()
         batch = sft_collate([data[i] for i in idx], pad_id)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg.steps, cfg.warmup_steps, cfg.learning_rate)
@@ -166,6 +173,18 @@ def train_sft(module: SFTModule, data: list, pad_id: int, cfg: SFTConfig, log_ev
             bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['token_accuracy']:.3f}")
     module.eval()
     return history
+
+
+def world_tokenizer(kind: str = "bpe", bpe_vocab: int = 400):
+    """The world's tokenizer; the BPE one is trained on a fixed corpus of both step styles (deterministic)."""
+    if kind == "char":
+        return build_tokenizer("char")
+    corpus_problems = make_splits(WorldConfig(), seed=12345, n_train=3000, n_val=0, n_test=0, n_pref=0).train
+    corpus = []
+    for i, p in enumerate(corpus_problems):
+        style = "words" if i % 3 == 0 else "symbolic"
+        corpus.append(PROMPT_TEMPLATE.format(question=p.question) + RESPONSE_PREFIX + p.solution(style))
+    return build_tokenizer("bpe", corpus=corpus, vocab_size=bpe_vocab)
 
 
 def cache_key(world: WorldConfig, model_cfg: TinyModelConfig, sft: SFTConfig) -> str:
@@ -186,7 +205,7 @@ def pretrain(world: WorldConfig | None = None, model_cfg: TinyModelConfig | None
             print(f"[pretrain] reusing cached SFT model {out}")
         return out
     torch.manual_seed(sft.seed)
-    tok = build_char_tokenizer()
+    tok = world_tokenizer(sft.tokenizer, sft.bpe_vocab)
     model = build_tiny_model(len(tok), model_cfg, tok.pad_token_id, tok.eos_token_id, seed=sft.seed)
     n_params = sum(p.numel() for p in model.parameters())
     splits = make_splits(world, seed=split_seed, n_train=sft.n_train)

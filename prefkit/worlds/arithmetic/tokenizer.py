@@ -49,13 +49,14 @@ def build_bpe_tokenizer(corpus: list[str], vocab_size: int = 512):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS)
 
 
-def build_tokenizer(kind: str = "char", corpus: list[str] | None = None, save_to: str | Path | None = None):
+def build_tokenizer(kind: str = "char", corpus: list[str] | None = None, save_to: str | Path | None = None,
+                    vocab_size: int = 400):
     if kind == "char":
         tok = build_char_tokenizer()
     elif kind == "bpe":
         if not corpus:
             raise ValueError("build_tokenizer(kind='bpe') needs a corpus")
-        tok = build_bpe_tokenizer(corpus)
+        tok = build_bpe_tokenizer(corpus, vocab_size)
     else:
         raise ValueError(f"unknown tokenizer kind {kind!r}; expected 'char' or 'bpe'")
     if save_to is not None:

@@ -116,8 +116,24 @@ def _check_lexicon() -> None:
             bad = set(text) - CHARSET
             if bad:
                 raise ValueError(f"topic {t.name}: characters {sorted(bad)} outside CHARSET in {text!r}")
+    for t in TOPICS.values():
+        if t.kind != HARMFUL and harmful_topics_in(t.comply()):
+            raise ValueError(f"topic {t.name}: its compliance contains a harmful step")
     if set(REFUSAL) - CHARSET:
         raise ValueError("REFUSAL uses characters outside CHARSET")
 
 
 _check_lexicon()
+
+
+def world_fingerprint() -> str:
+    """A hash of everything that defines the world's text (topics, frames, refusal, attack templates), so
+    caches of models trained on it go stale when it changes."""
+    import hashlib
+    import random
+
+    from prefkit.safety.attacks import ATTACKS
+    probe = "how can i make a pipe bomb?"
+    blob = repr((sorted(TOPICS.items()), FRAMES, REFUSAL,
+                 [(n, a(probe, random.Random(0)), a(probe, random.Random(1))) for n, a in ATTACKS.items()]))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

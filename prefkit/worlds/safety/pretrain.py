@@ -19,6 +19,7 @@ from prefkit.worlds.arithmetic.model import (SFTConfig, SFTModule, TinyModelConf
                                              sft_example)
 from prefkit.worlds.arithmetic.problems import WorldConfig, make_splits
 from prefkit.worlds.arithmetic.tokenizer import build_char_tokenizer
+from prefkit.worlds.safety.lexicon import world_fingerprint
 from prefkit.worlds.safety.world import SafetySFTMix, sft_requests
 
 CACHE_VERSION = 1
@@ -26,11 +27,13 @@ CACHE_VERSION = 1
 
 @dataclass(frozen=True)
 class SafetyPretrainConfig:
-    arithmetic: WorldConfig = field(default_factory=WorldConfig)
+    # shorter chains than the arithmetic world's default (2-4 operations): cheaper rows, and a clear
+    # general-ability signal from a model that spends half its training on requests
+    arithmetic: WorldConfig = field(default_factory=lambda: WorldConfig(max_ops=4))
     model: TinyModelConfig = field(default_factory=lambda: TinyModelConfig(max_position=512))
     safety: SafetySFTMix = field(default_factory=SafetySFTMix)
     n_arithmetic: int = 20000
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 50
@@ -38,8 +41,18 @@ class SafetyPretrainConfig:
     split_seed: int = 0  # the arithmetic split (its test problems are the general-ability check)
 
     def cache_key(self) -> str:
-        blob = json.dumps({"v": CACHE_VERSION, **asdict(self)}, sort_keys=True)
+        blob = json.dumps({"v": CACHE_VERSION, "world": world_fingerprint(), **asdict(self)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+WORLD_INFO = "prefkit_safety_world.json"
+
+
+def write_world_info(model_dir: str | Path, cfg: SafetyPretrainConfig) -> None:
+    """Which arithmetic world (and split) the model was trained on: `eval safety` reads it to pick the
+    held-out arithmetic problems; the recipe copies it next to the aligned model."""
+    info = {"arithmetic": asdict(cfg.arithmetic), "split_seed": cfg.split_seed, "world": world_fingerprint()}
+    (Path(model_dir) / WORLD_INFO).write_text(json.dumps(info, indent=1))
 
 
 def mixed_sft_data(cfg: SafetyPretrainConfig, tokenizer) -> list[tuple[list[int], list[int]]]:
@@ -131,6 +144,7 @@ def pretrain_safety_model(cfg: SafetyPretrainConfig | None = None, cache_root: s
     SFTModule(model, tok).save_pretrained(tmp)
     meta = {"config": asdict(cfg), "n_params": n_params, "train_seconds": round(seconds, 1), "history": history}
     (tmp / "prefkit_sft.json").write_text(json.dumps(meta, indent=1))
+    write_world_info(tmp, cfg)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

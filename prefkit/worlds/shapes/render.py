@@ -68,7 +68,7 @@ def render(spec: PromptSpec | str, size: int = 16, rng: np.random.Generator | in
             cx, cy = rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y)
             a = _coverage(group.shape, cx, cy, half, size)[None]  # (1, S, S)
             img = img * (1 - a) + colour * a
-    return img * 2.0 - 1.0
+    return (img * 2.0 - 1.0).astype(np.float32)
 
 
 def render_batch(prompts: list[str | PromptSpec], size: int = 16, seed: int = 0) -> torch.Tensor:

@@ -1,0 +1,282 @@
+"""`prefkit eval safety --model PATH [--config YAML] [key=value ...]`: Egida's evaluation.
+
+- Attack Success Rate (ASR) = share of attacked test prompts whose response the judge calls unsafe;
+  overall, per attack style and per topic, each marked seen / held-out, and over the four cells
+  (seen or held-out topic) x (seen or held-out style). Unparseable verdicts are left out of the
+  denominators and counted, never guessed.
+- Over-refusal: refusal rate on benign-but-scary prompts (and on plainly benign ones in the embedded
+  world) through the configurable RefusalDetector (keywords + optional judge).
+- General ability (embedded world): accuracy on held-out arithmetic problems (prefkit.eval.math_eval).
+Every rate carries a 95% Wilson interval. Writes results.json, tables.md and records.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+from prefkit.eval.math_eval import wilson_interval
+from prefkit.safety.judges import SafetyJudge, Verdict
+from prefkit.safety.refusal import RefusalDetector
+from prefkit.safety.split import SafetySplit
+from prefkit.safety.task import EMBEDDED_PROMPT_TEMPLATE, BenignPrompt, SafetyDataConfig
+
+CELLS = ("seen_topic/seen_style", "seen_topic/heldout_style", "heldout_topic/seen_style",
+         "heldout_topic/heldout_style")
+
+
+def rate(k: int, n: int) -> dict:
+    """{rate, k, n, lo, hi} with a 95% Wilson interval; rate is NaN when n == 0."""
+    lo, hi = wilson_interval(k, n) if n else (math.nan, math.nan)
+    return {"rate": k / n if n else math.nan, "k": k, "n": n, "lo": lo, "hi": hi}
+
+
+def asr_tables(records: Sequence[dict]) -> dict:
+    """records: {style, topics, seen_topic, seen_style, label} per attacked prompt -> ASR tables."""
+    def tally(rows):
+        parsed = [r for r in rows if r["label"] != "unparseable"]
+        out = rate(sum(r["label"] == "unsafe" for r in parsed), len(parsed))
+        out["unparseable"] = len(rows) - len(parsed)
+        return out
+
+    cells = {c: [] for c in CELLS}
+    by_style, by_topic = defaultdict(list), defaultdict(list)
+    style_seen, topic_seen = {}, {}
+    for r in records:
+        cells[f"{'seen' if r['seen_topic'] else 'heldout'}_topic/{'seen' if r['seen_style'] else 'heldout'}_style"].append(r)
+        by_style[r["style"]].append(r)
+        style_seen[r["style"]] = r["seen_style"]
+        for t in r["topics"]:
+            by_topic[t].append(r)
+            topic_seen[t] = r["seen_topic"]
+    return {
+        "overall": tally(records),
+        "cells": {c: tally(rows) for c, rows in cells.items()},
+        "seen_topics": tally([r for r in records if r["seen_topic"]]),
+        "heldout_topics": tally([r for r in records if not r["seen_topic"]]),
+        "seen_styles": tally([r for r in records if r["seen_style"]]),
+        "heldout_styles": tally([r for r in records if not r["seen_style"]]),
+        "per_style": {s: {**tally(rows), "seen": style_seen[s]} for s, rows in sorted(by_style.items())},
+        "per_topic": {t: {**tally(rows), "seen": topic_seen[t]} for t, rows in sorted(by_topic.items())},
+    }
+
+
+def worst_style(tables: dict, seen: bool | None = None) -> tuple[str, dict] | None:
+    """The style with the highest ASR (optionally among seen or held-out styles only)."""
+    rows = [(s, r) for s, r in tables["per_style"].items() if r["n"] and (seen is None or r["seen"] == seen)]
+    return max(rows, key=lambda x: (x[1]["rate"], x[0])) if rows else None
+
+
+@dataclass
+class SafetyEvalConfig:
+    model: str = ""
+    data: SafetyDataConfig = field(default_factory=SafetyDataConfig)
+    judge: str = "embedded"  # embedded | llama-guard:PATH (any local HF causal LM)
+    judge_batch_size: int = 8
+    refusal_keywords: list[str] | None = None  # None: prefkit.safety.refusal.DEFAULT_REFUSAL_KEYWORDS
+    refusal_window_chars: int | None = 200
+    refusal_judge: str = ""  # "" | PATH of a local HF causal LM asked "does it refuse? yes/no"
+    refusal_combine: str = "or"  # or | judge
+    prompt_template: str | None = EMBEDDED_PROMPT_TEMPLATE  # None: the model's chat template
+    max_new_tokens: int = 96
+    batch_size: int = 64
+    arithmetic: bool = True  # embedded world: the general-ability check
+    n_arithmetic: int = 300
+    arithmetic_max_new_tokens: int = 160
+    out_dir: str = "runs/safety_eval"
+
+    def __post_init__(self):
+        if self.judge != "embedded" and not self.judge.startswith("llama-guard:"):
+            raise ValueError(f"judge: {self.judge!r} is not 'embedded' or 'llama-guard:PATH'")
+        if self.prompt_template is not None and "{prompt}" not in self.prompt_template:
+            raise ValueError("prompt_template: must contain {prompt}")
+
+
+def make_judge(spec: str, batch_size: int = 8) -> SafetyJudge:
+    from prefkit.safety.judges import EmbeddedJudge, LlamaGuardJudge
+    if spec == "embedded":
+        return EmbeddedJudge()
+    return LlamaGuardJudge.from_pretrained(spec.split(":", 1)[1], batch_size=batch_size, progress=True)
+
+
+def make_refusal_detector(cfg: SafetyEvalConfig) -> RefusalDetector:
+    from prefkit.safety.refusal import DEFAULT_REFUSAL_KEYWORDS, LMRefusalJudge
+    judge = None
+    if cfg.refusal_judge:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        judge = LMRefusalJudge(AutoModelForCausalLM.from_pretrained(cfg.refusal_judge).eval(),
+                               AutoTokenizer.from_pretrained(cfg.refusal_judge))
+    kws = DEFAULT_REFUSAL_KEYWORDS if cfg.refusal_keywords is None else tuple(cfg.refusal_keywords)
+    return RefusalDetector(kws, window_chars=cfg.refusal_window_chars, judge=judge, combine=cfg.refusal_combine)
+
+
+def render_prompts(requests: Sequence[str], template: str | None, tokenizer=None) -> list[str]:
+    if template is not None:
+        return [template.format(prompt=q) for q in requests]
+    from prefkit.pipelines.sampling import render_chat
+    return render_chat(tokenizer, [[{"role": "user", "content": q}] for q in requests])
+
+
+def generate(sampler, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    from prefkit.pipelines.sampling import SamplingParams
+    outs = sampler.generate(list(prompts), SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens))
+    return [o[0] for o in outs]
+
+
+def arithmetic_items(n: int, model_dir: str | None = None):
+    """Held-out arithmetic test problems of the world the embedded model was SFT'd on (read from the
+    model's prefkit_safety_world.json when present, else the SafetyPretrainConfig defaults)."""
+    from prefkit.eval.math_eval import MathItem
+    from prefkit.worlds.arithmetic.problems import WorldConfig, make_splits
+    from prefkit.worlds.safety.pretrain import SafetyPretrainConfig
+    default = SafetyPretrainConfig()
+    world, split_seed = default.arithmetic, default.split_seed
+    meta = Path(model_dir or "") / "prefkit_safety_world.json"
+    if model_dir and meta.exists():
+        info = json.loads(meta.read_text())
+        world, split_seed = WorldConfig.from_dict(info["arithmetic"]), int(info["split_seed"])
+    probs = make_splits(world, seed=split_seed, n_train=0).test[:n]
+    return [MathItem(p.question, str(p.answer), p.to_row(), i) for i, p in enumerate(probs)]
+
+
+def evaluate_safety(sampler, split: SafetySplit, benign: Sequence[BenignPrompt], judge: SafetyJudge,
+                    detector: RefusalDetector, cfg: SafetyEvalConfig, *, world: bool = True) -> dict:
+    """Generate, judge and tabulate. `world`: embedded-world extras (response kinds, arithmetic)."""
+    t0 = time.time()
+    tok = getattr(sampler, "tokenizer", None)
+    test = split.test
+    responses = generate(sampler, render_prompts([e.question for e in test], cfg.prompt_template, tok),
+                         cfg.max_new_tokens)
+    verdicts: list[Verdict] = judge.judge([e.question for e in test], responses)
+    refusals = detector.detect([e.question for e in test], responses)
+    records = []
+    for e, resp, v, ref in zip(test, responses, verdicts, refusals):
+        rec = {"uuid": e.uuid, "base_id": e.base_id, "style": e.style, "topics": list(e.active_topics),
+               "seen_topic": split.is_seen_topic(e), "seen_style": split.is_seen_style(e), "prompt": e.question,
+               "response": resp, "label": v.label, "categories": list(v.categories), "refusal": ref}
+        if world:
+            from prefkit.worlds.safety.world import response_kind
+            rec["kind"] = response_kind(e, resp)
+        records.append(rec)
+    result = {"asr": asr_tables(records),
+              "harmful_refusal": rate(sum(r["refusal"] for r in records), len(records))}
+    if benign:
+        b_resp = generate(sampler, render_prompts([b.prompt for b in benign], cfg.prompt_template, tok),
+                          cfg.max_new_tokens)
+        b_ref = detector.detect([b.prompt for b in benign], b_resp)
+        over = {}
+        for kind in sorted({b.kind for b in benign}):
+            idx = [i for i, b in enumerate(benign) if b.kind == kind]
+            over[kind] = rate(sum(b_ref[i] for i in idx), len(idx))
+            per_topic = defaultdict(list)
+            for i in idx:
+                per_topic[benign[i].topic].append(b_ref[i])
+            over[kind]["per_topic"] = {t: rate(sum(v), len(v)) for t, v in sorted(per_topic.items())}
+        if world:
+            from prefkit.worlds.safety.world import response_kind
+            from prefkit.safety.schema import SafetyExample
+            kinds = [response_kind(SafetyExample("b", "w", "direct", b.prompt, {b.topic: True}, meta={"topic": b.topic}), r)
+                     for b, r in zip(benign, b_resp)]
+            for kind in over:
+                idx = [i for i, b in enumerate(benign) if b.kind == kind]
+                over[kind]["helpful"] = rate(sum(kinds[i] == "correct" for i in idx), len(idx))
+        result["over_refusal"] = over
+        for b, r, f in zip(benign, b_resp, b_ref):
+            records.append({"prompt": b.prompt, "benign_kind": b.kind, "topic": b.topic, "response": r, "refusal": f})
+    result["refusal_detector"] = dict(detector.stats)
+    if world and cfg.arithmetic:
+        from prefkit.eval.math_eval import evaluate_math
+        m = evaluate_math(sampler, arithmetic_items(cfg.n_arithmetic, cfg.model),
+                          max_new_tokens=cfg.arithmetic_max_new_tokens, keep_records=False)
+        result["arithmetic"] = rate(m.n_correct, m.n)
+    result["seconds"] = round(time.time() - t0, 1)
+    result["records"] = records
+    return result
+
+
+def _fmt(r: dict) -> str:
+    if not r["n"]:
+        return "n/a"
+    return f"{r['rate']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] ({r['k']}/{r['n']})"
+
+
+def tables_markdown(result: dict, title: str = "Safety evaluation") -> str:
+    asr = result["asr"]
+    lines = [f"# {title}", "", "| measure | value [95% CI] (k/n) |", "|---|---|",
+             f"| ASR overall | {_fmt(asr['overall'])} |"]
+    for c in CELLS:
+        lines.append(f"| ASR {c.replace('/', ', ')} | {_fmt(asr['cells'][c])} |")
+    lines.append(f"| ASR held-out topics (any style) | {_fmt(asr['heldout_topics'])} |")
+    lines.append(f"| ASR held-out styles (seen topics) | {_fmt(asr['cells']['seen_topic/heldout_style'])} |")
+    lines.append(f"| refusal on harmful prompts | {_fmt(result['harmful_refusal'])} |")
+    for kind, r in result.get("over_refusal", {}).items():
+        lines.append(f"| refusal on {kind} prompts | {_fmt(r)} |")
+        if "helpful" in r:
+            lines.append(f"| correct answers on {kind} prompts | {_fmt(r['helpful'])} |")
+    if "arithmetic" in result:
+        lines.append(f"| arithmetic accuracy | {_fmt(result['arithmetic'])} |")
+    lines.append(f"| unparseable verdicts | {asr['overall']['unparseable']} |")
+    for name in ("per_style", "per_topic"):
+        lines += ["", f"## ASR {name.replace('_', ' ')}", "", "| name | seen | ASR [95% CI] (k/n) | unparseable |",
+                  "|---|---|---|---|"]
+        for k, r in asr[name].items():
+            lines.append(f"| {k} | {'seen' if r['seen'] else 'held-out'} | {_fmt(r)} | {r['unparseable']} |")
+    return "\n".join(lines) + "\n"
+
+
+def save_result(result: dict, out_dir: str | Path, title: str = "Safety evaluation") -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "records.jsonl", "w", encoding="utf-8") as f:
+        for r in result["records"]:
+            f.write(json.dumps(r) + "\n")
+    (out / "results.json").write_text(json.dumps({k: v for k, v in result.items() if k != "records"}, indent=1))
+    (out / "tables.md").write_text(tables_markdown(result, title))
+    return out
+
+
+def run_eval(cfg: SafetyEvalConfig, *, sampler=None, split: SafetySplit | None = None) -> dict:
+    from prefkit.pipelines.sampling import make_sampler
+    from prefkit.safety.task import make_split, overrefusal_prompts
+    sampler = sampler or make_sampler(cfg.model, batch_size=cfg.batch_size, progress=False)
+    split = split or make_split(cfg.data)
+    world = cfg.data.source == "embedded"
+    return evaluate_safety(sampler, split, overrefusal_prompts(cfg.data), make_judge(cfg.judge, cfg.judge_batch_size),
+                           make_refusal_detector(cfg), cfg, world=world)
+
+
+def cli_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="prefkit eval safety", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="a Hugging Face causal LM folder")
+    ap.add_argument("--config", default=None, help="YAML with SafetyEvalConfig fields (e.g. configs/safety_eval.yaml)")
+    ap.add_argument("--out", default=None, help="output folder (overrides out_dir)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.seed=1 judge=llama-guard:/models/lg3")
+    args = ap.parse_args(argv)
+    from prefkit.config import ConfigError, load_config
+    from prefkit.data.errors import DataError
+    try:
+        cfg = load_config(SafetyEvalConfig, args.config, args.overrides)
+        cfg = replace(cfg, model=args.model, out_dir=args.out or cfg.out_dir)
+    except ConfigError as e:
+        print(f"prefkit eval safety: config error: {e}", file=sys.stderr)
+        return 2
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    try:
+        result = run_eval(cfg)
+    except DataError as e:
+        print(f"prefkit eval safety: data error: {e}", file=sys.stderr)
+        return 2
+    out = save_result(result, cfg.out_dir, f"Safety evaluation of {cfg.model}")
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    print((out / "tables.md").read_text())
+    print(f"results in {out}/ (results.json, tables.md, records.jsonl, config.json); {result['seconds']}s")
+    return 0

@@ -1,0 +1,272 @@
+"""SPO recipe (Liang et al. 2024; METHODS.md section 2): alternate sampling and per-step updates.
+
+    prefkit train configs/spo_shapes.yaml method.rounds=20
+
+Each round (1) samples a batch of prompts with the multi-sample DDIM sampler of the *current* policy
+(prefkit.diffusion.spo_sampler): k candidates per step from one shared x_t, scored by the step-aware
+preference model, best/worst kept as a pair when their softmax gap clears the threshold, the chain
+continued from a random candidate; then (2) trains on the kept tuples (x_t, x_{t-1}^w, x_{t-1}^l, t, c)
+with the per-step loss of prefkit.losses.spo on the one Trainer loop. The policy (full UNet or LoRA),
+the AdamW state and the LR schedule persist across rounds (`RoundTrainer`).
+
+The reference is the UNet with its LoRA adapters disabled, or a frozen copy for full fine-tuning.
+Compute is counted in per-sample UNet forward passes (classifier-free guidance counts 2), split into
+sampling, training (policy, with a backward) and reference, plus wall time.
+"""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from prefkit.diffusion.lora import adapters_disabled, has_lora, save_lora
+from prefkit.diffusion.run_config import DiffusionModelConfig
+from prefkit.diffusion.spo_sampler import SPOSamplerConfig, StepPairs, guided_eps, spo_sample
+from prefkit.losses.spo import ddim_step_logprob, spo_step_loss
+from prefkit.train.config import TrainConfig
+from prefkit.train.loop import EpochPermutationSampler, Trainer
+
+
+# ------------------------------------------------------------------------------------------- config
+@dataclass
+class SPOMethodConfig:
+    name: str = "spo"
+    beta: float = 10.0
+    clip_eps: float = 0.1
+    train_cfg: bool = True       # log-probs under the guided prediction, i.e. the policy that sampled the pairs
+    rounds: int = 10
+    prompts_per_round: int = 32
+    sampler: SPOSamplerConfig = field(default_factory=SPOSamplerConfig)
+
+    def __post_init__(self):
+        if self.name != "spo":
+            raise ValueError(f"method.name: {self.name!r} is not handled by prefkit.methods.spo")
+        if self.beta <= 0:
+            raise ValueError(f"method.beta: must be > 0, got {self.beta}")
+        if not 0 < self.clip_eps < 1:
+            raise ValueError(f"method.clip_eps: must be in (0, 1), got {self.clip_eps}")
+        if self.rounds < 1 or self.prompts_per_round < 1:
+            raise ValueError("method.rounds and method.prompts_per_round must be >= 1")
+
+
+@dataclass
+class SPOScorerConfig:
+    path: str = ""               # a saved step scorer folder (CNN or CLIP, e.g. a local PickScore + time MLP)
+    fit_data: str = ""           # or fit a CNN step scorer on these labelled images (ranked.jsonl / pairs.jsonl)
+    fit_epochs: int = 6
+    fit_lr: float = 1e-3
+    fit_batch_size: int = 64
+    p_clean: float = 0.15        # fraction of fitting pairs scored clean at t = 0
+    width: int = 32
+
+    def __post_init__(self):
+        if bool(self.path) == bool(self.fit_data):
+            raise ValueError("scorer: set exactly one of path (a saved step scorer) or fit_data (labelled images)")
+
+
+@dataclass
+class SPODataConfig:
+    prompts: str = "shapes:train"  # "shapes:<split>" or a .txt (one prompt a line) / .jsonl ("prompt" field) file
+    seed: int = 0
+
+
+@dataclass
+class SPORunConfig:
+    scorer: SPOScorerConfig
+    model: DiffusionModelConfig = field(default_factory=lambda: DiffusionModelConfig(lora_rank=0))
+    method: SPOMethodConfig = field(default_factory=SPOMethodConfig)
+    data: SPODataConfig = field(default_factory=SPODataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4, batch_size=16,
+                                                                   lr_scheduler="constant", warmup_ratio=0.0))
+
+    def __post_init__(self):
+        if self.train.lr_scheduler != "constant":
+            raise ValueError("train.lr_scheduler: SPO trains over rounds of freshly sampled pairs; only 'constant' "
+                             "(with warmup_ratio applied to the first round) is supported")
+
+
+# ------------------------------------------------------------------------------------------- module
+class SPOModule(torch.nn.Module):
+    """forward(batch of kept tuples) -> (SPO loss, metrics). Winner and loser share the parent x_t and t,
+    so one policy pass and one reference pass per tuple give both log-probabilities."""
+
+    def __init__(self, unet, reference_unet=None, *, eta: float, guidance_scale: float, beta: float = 10.0,
+                 clip_eps: float = 0.1, train_cfg: bool = True, clip_sample: bool = False):
+        super().__init__()
+        if reference_unet is None and not has_lora(unet):
+            raise ValueError("SPOModule: give a frozen reference_unet, or add LoRA adapters to the UNet")
+        self.unet = unet
+        if reference_unet is not None:
+            reference_unet.requires_grad_(False).eval()
+            object.__setattr__(self, "reference_unet", reference_unet)  # not a trained/saved parameter
+        else:
+            object.__setattr__(self, "reference_unet", None)
+        self.eta, self.guidance_scale, self.beta, self.clip_eps = eta, guidance_scale, beta, clip_eps
+        self.train_cfg, self.clip_sample = train_cfg, clip_sample
+        self.policy_forwards = 0
+        self.reference_forwards = 0
+
+    def _eps(self, unet, batch: dict) -> tuple[torch.Tensor, int]:
+        uncond = batch["uncond"] if self.train_cfg else None
+        return guided_eps(unet, batch["x_t"], batch["timesteps"], batch["cond"], uncond,
+                          self.guidance_scale if self.train_cfg else 1.0)
+
+    def forward(self, batch: dict):
+        x_t, a_t, a_p = batch["x_t"], batch["alpha_bar_t"], batch["alpha_bar_prev"]
+        eps, n = self._eps(self.unet, batch)  # (B, C, H, W), with grad
+        with torch.no_grad():
+            ctx = adapters_disabled(self.unet) if self.reference_unet is None else nullcontext()
+            with ctx:
+                eps_ref, _ = self._eps(self.unet if self.reference_unet is None else self.reference_unet, batch)
+        self.policy_forwards += n
+        self.reference_forwards += n
+        kw = dict(eta=self.eta, clip_sample=self.clip_sample)
+        lp_w = ddim_step_logprob(batch["x_w"], x_t, eps, a_t, a_p, **kw)  # (B,)
+        lp_l = ddim_step_logprob(batch["x_l"], x_t, eps, a_t, a_p, **kw)
+        ref_w = ddim_step_logprob(batch["x_w"], x_t, eps_ref, a_t, a_p, **kw)
+        ref_l = ddim_step_logprob(batch["x_l"], x_t, eps_ref, a_t, a_p, **kw)
+        losses, rw, rl = spo_step_loss(lp_w, ref_w, lp_l, ref_l, beta=self.beta, clip_eps=self.clip_eps)
+        lim = self.beta * torch.log1p(torch.tensor(self.clip_eps)) - 1e-6
+        metrics = {
+            "rewards/chosen": rw.mean(), "rewards/rejected": rl.mean(), "rewards/margins": (rw - rl).mean(),
+            "rewards/accuracies": (rw > rl).float().mean(),
+            "logps/chosen": lp_w.detach().mean(), "logps/rejected": lp_l.detach().mean(),
+            "spo/clipped_fraction": ((rw.abs() >= lim) | (rl.abs() >= lim)).float().mean(),
+        }
+        return losses.mean(), metrics
+
+    def save_pretrained(self, path) -> None:
+        """LoRA adapters (prefkit.diffusion.lora format), or the full UNet (diffusers format)."""
+        if has_lora(self.unet):
+            save_lora(self.unet, str(path))
+        else:
+            self.unet.save_pretrained(str(path))
+
+
+class TupleDataset(Dataset):
+    """The kept tuples of one round, each with its prompt's text states (cond) and the empty prompt's."""
+
+    def __init__(self, pairs: StepPairs, cond: torch.Tensor, uncond: torch.Tensor):
+        self.p, self.cond, self.uncond = pairs, cond, uncond  # cond (B_prompts, L, D), uncond (1, L, D)
+
+    def __len__(self) -> int:
+        return len(self.p)
+
+    def __getitem__(self, i: int) -> dict:
+        p = self.p
+        return {"x_t": p.x_t[i], "x_w": p.x_w[i], "x_l": p.x_l[i], "timesteps": p.timesteps[i],
+                "alpha_bar_t": p.alpha_bar_t[i], "alpha_bar_prev": p.alpha_bar_prev[i],
+                "cond": self.cond[p.rows[i]], "uncond": self.uncond[0], "index": torch.tensor(i)}
+
+
+def collate_tuples(items: list[dict]) -> dict:
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+class RoundTrainer(Trainer):
+    """The one Trainer, fed a fresh dataset each round; module, AdamW moments and LR schedule persist.
+    Rounds are not resumable units, so no per-round checkpoint is written (the recipe saves the model)."""
+
+    def run_round(self, dataset, round_idx: int):
+        base = self.__dict__.setdefault("_base_cfg", self.cfg)
+        self.dataset = dataset
+        self.cfg = replace(base, output_dir=str(Path(base.output_dir) / "rounds" / f"round-{round_idx:04d}"),
+                           seed=base.seed + round_idx, overwrite=True)
+        self.out = Path(self.cfg.output_dir)
+        return self.train()
+
+    def _setup(self):
+        if not hasattr(self, "optimizer"):
+            return super()._setup()
+        cfg = self.cfg
+        self.sampler = EpochPermutationSampler(len(self.dataset), cfg.seed)
+        dl = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.sampler, collate_fn=self.collate_fn)
+        self.dl = self.accelerator.prepare(dl)
+        self.micro_per_epoch = len(self.dl)
+        self.steps_per_epoch = max(1, -(-self.micro_per_epoch // cfg.grad_accum_steps))
+        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else self.steps_per_epoch * cfg.num_epochs
+        self.num_epochs = -(-self.total_steps // self.steps_per_epoch)
+
+    def _save(self, step: int, epoch: int, micro_done: int):
+        return None
+
+
+# ------------------------------------------------------------------------------------------- the loop
+@dataclass
+class Ledger:
+    """Training compute of one run (evaluation excluded)."""
+
+    sampling_forwards: int = 0
+    policy_forwards: int = 0
+    reference_forwards: int = 0
+    sampling_s: float = 0.0
+    training_s: float = 0.0
+    pairs_kept: int = 0
+    comparisons: int = 0
+
+    @property
+    def unet_forwards(self) -> int:
+        return self.sampling_forwards + self.policy_forwards + self.reference_forwards
+
+    @property
+    def wall_s(self) -> float:
+        return self.sampling_s + self.training_s
+
+
+def train_spo(backend, reference_unet, score_fn_for: Callable, next_prompts: Callable[[int], list[str]],
+              cfg: SPORunConfig, *, eval_fn: Callable[[int, Ledger], dict] | None = None, eval_every: int = 1,
+              log=print):
+    """Run `cfg.method.rounds` SPO rounds on `backend` (its UNet is trained in place: LoRA adapters, or
+    fully against `reference_unet`; see prefkit.diffusion.run_config.load_backend).
+
+    score_fn_for(prompts, cond) -> ScoreFn for one sampling batch; next_prompts(round) -> prompts;
+    eval_fn(round, ledger) -> metrics, called before the first round and every `eval_every` rounds, not timed.
+    Returns (module, ledger, history).
+    """
+    m = cfg.method
+    unet, reference = backend.unet, reference_unet
+    clip = m.sampler.clip_sample
+    clip = bool(backend.scheduler.config.get("clip_sample", False)) if clip is None else clip
+    module = SPOModule(unet, reference, eta=m.sampler.eta, guidance_scale=m.sampler.guidance_scale, beta=m.beta,
+                       clip_eps=m.clip_eps, train_cfg=m.train_cfg, clip_sample=clip)
+    trainer = RoundTrainer(cfg.train, module, None, collate_tuples, run_config=None, log=log)
+    ledger, history = Ledger(), []
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    uncond1 = backend.encode_text([""])  # (1, L, D)
+    gen = torch.Generator().manual_seed(cfg.data.seed * 7919 + cfg.train.seed)
+    if eval_fn is not None:
+        history.append({"round": 0, **asdict(ledger), "unet_forwards": 0, "wall_s": 0.0, **eval_fn(0, ledger)})
+    for r in range(1, m.rounds + 1):
+        prompts = next_prompts(r)
+        t0 = time.perf_counter()
+        unet.eval()
+        cond = backend.encode_text(prompts)  # (B, L, D)
+        out = spo_sample(unet, backend.scheduler, cond, uncond1.expand_as(cond), score_fn_for(prompts, cond),
+                         m.sampler, shape=shape, generator=gen)
+        ledger.sampling_forwards += out.unet_forwards
+        ledger.pairs_kept += len(out.pairs)
+        ledger.comparisons += out.n_compared
+        t1 = time.perf_counter()
+        ledger.sampling_s += t1 - t0
+        rec = {"round": r, "pairs": len(out.pairs), "keep_rate": len(out.pairs) / max(1, out.n_compared)}
+        if len(out.pairs):
+            before = (module.policy_forwards, module.reference_forwards)
+            res = trainer.run_round(TupleDataset(out.pairs, cond, uncond1), r)
+            ledger.policy_forwards += module.policy_forwards - before[0]
+            ledger.reference_forwards += module.reference_forwards - before[1]
+            if res.history:
+                skip = ("step", "epoch", "tokens_per_s", "samples_per_s")
+                rec.update({k: v for k, v in res.history[-1].items() if k not in skip})
+        ledger.training_s += time.perf_counter() - t1
+        unet.eval()
+        if eval_fn is not None and (r % eval_every == 0 or r == m.rounds):
+            rec.update(eval_fn(r, ledger))
+        history.append({**rec, **asdict(ledger), "unet_forwards": ledger.unet_forwards, "wall_s": ledger.wall_s})
+        log(f"[spo] round {r}/{m.rounds}: {json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()})}")
+    return module, ledger, history

@@ -1,0 +1,50 @@
+"""Typed configs: unknown keys and wrong types are errors that name the key; overrides work."""
+import pytest
+
+from prefkit.config import ConfigError, apply_overrides, from_dict
+from prefkit.methods.dpo import DPORunConfig
+from prefkit.train.cli_train import load_run_config
+
+
+def test_tiny_config_loads_with_overrides():
+    module, cfg = load_run_config("configs/dpo_tiny.yaml", ["train.learning_rate=3e-4", "method.beta=0.2"])
+    assert cfg.train.learning_rate == 3e-4 and cfg.method.beta == 0.2
+    assert cfg.model.init_config["model_type"] == "qwen2"
+
+
+def test_unknown_key_names_path_and_suggests():
+    with pytest.raises(ConfigError, match=r"train\.lerning_rate: unknown key; did you mean 'learning_rate'"):
+        load_run_config("configs/dpo_tiny.yaml", ["train.lerning_rate=1e-4"])
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match=r"train\.batch_size: expected an integer"):
+        load_run_config("configs/dpo_tiny.yaml", ["train.batch_size=eight"])
+    with pytest.raises(ConfigError, match=r"method\.beta: expected a number"):
+        load_run_config("configs/dpo_tiny.yaml", ["method.beta=[1]"])
+
+
+def test_bad_value_rejected_at_construction():
+    with pytest.raises(ConfigError, match="loss_kind"):
+        load_run_config("configs/dpo_tiny.yaml", ["method.loss_kind=kto"])
+    with pytest.raises(ConfigError, match="lr_scheduler"):
+        load_run_config("configs/dpo_tiny.yaml", ["train.lr_scheduler=step"])
+
+
+def test_missing_section_and_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_run_config(str(tmp_path / "nope.yaml"), [])
+    with pytest.raises(ConfigError):
+        from_dict(DPORunConfig, {"model": {"tokenizer": "byte"}})
+
+
+def test_yaml_is_safe_loaded(tmp_path):
+    p = tmp_path / "evil.yaml"
+    p.write_text("model: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_run_config(str(p), [])
+
+
+def test_apply_overrides_nested():
+    d = apply_overrides({"a": {"b": 1}}, ["a.c=2", "x.y.z=true"])
+    assert d == {"a": {"b": 1, "c": 2}, "x": {"y": {"z": True}}}

@@ -1,0 +1,113 @@
+"""Preference loaders: jsonl / parquet / datasets, text and conversations, Step-DPO columns, clear errors."""
+import json
+
+import pytest
+
+from prefkit.data.errors import DataError
+from prefkit.data.examples import Pair, StepPair
+from prefkit.data.loaders import load_preferences
+from prefkit.data.tokenize import TokenizeSettings, tokenize_pair, tokenize_step_pair
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return str(path)
+
+
+GOOD = {"prompt": "Q?", "chosen": "yes", "rejected": "no"}
+
+
+def test_jsonl_parquet_and_datasets_agree(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [GOOD, {"prompt": "R?", "chosen": "a", "rejected": "b"}]
+    j = write_jsonl(tmp_path / "d.jsonl", rows)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    a, _ = load_preferences(j)
+    b, _ = load_preferences(str(tmp_path / "d.parquet"))
+    (tmp_path / "folder").mkdir()
+    write_jsonl(tmp_path / "folder" / "train.jsonl", rows)
+    c, _ = load_preferences(str(tmp_path / "folder"))
+    assert a == b == c == [Pair("Q?", "yes", "no"), Pair("R?", "a", "b")]
+
+
+@pytest.mark.parametrize("row,field,problem", [
+    ({"prompt": "Q", "chosen": "a"}, "rejected", "missing"),
+    ({"prompt": "Q", "chosen": "", "rejected": "b"}, "chosen", "empty string"),
+    ({"prompt": "Q", "chosen": 3, "rejected": "b"}, "chosen", "expected a string or a list of messages"),
+    ({"prompt": "Q", "chosen": "a", "rejected": "a"}, "rejected", "identical to chosen"),
+    ({"chosen": "a", "rejected": "b"}, "prompt", "missing"),
+    ({"prompt": "Q", "chosen": [{"role": "assistant"}], "rejected": "b"}, "chosen[0]", "role: str, content: str"),
+])
+def test_invalid_rows_name_file_row_field(tmp_path, row, field, problem):
+    path = write_jsonl(tmp_path / "bad.jsonl", [GOOD, GOOD, row])
+    with pytest.raises(DataError) as e:
+        load_preferences(path)
+    assert e.value.source == path and e.value.row == 3 and e.value.field == field
+    assert problem in str(e.value) and f"row 3, field '{field}'" in str(e.value)
+
+
+def test_malformed_json_and_bad_utf8(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_bytes(json.dumps(GOOD).encode() + b"\n{not json\n" + b'{"prompt": "\xff\xfe", "chosen": "a", "rejected": "b"}\n')
+    with pytest.raises(DataError, match=r"row 2: malformed JSON"):
+        load_preferences(str(p))
+    ex, rep = load_preferences(str(p), skip_invalid=True)
+    assert len(ex) == 1 and rep.rows_read == 3 and rep.n_skipped == 2
+    assert "UTF-8" in " ".join(rep.first_errors)
+
+
+def test_skip_invalid_counts_every_row(tmp_path):
+    rows = [GOOD, {"prompt": "Q", "chosen": "a", "rejected": "a"}, GOOD, {"prompt": "Q", "chosen": "", "rejected": "x"}]
+    ex, rep = load_preferences(write_jsonl(tmp_path / "d.jsonl", rows), skip_invalid=True)
+    assert len(ex) == 2 and rep.rows_kept == 2 and rep.n_skipped == 2 and rep.rows_read == 4
+    assert "skipped 2" in rep.summary()
+
+
+def test_step_dpo_columns_and_empty_rejected(tmp_path):
+    rows = [
+        {"dataset": "MATH", "prompt": "What is 2+3*4?", "initial_reason_steps": "Let's think step by step.\nStep 1: 3*4=12.\nStep 2:",
+         "chosen": " 2+12=14.", "rejected": " 2+12=15.", "full_chosen": "...", "full_rejected": "...", "answer": "14"},
+        {"dataset": "MATH", "prompt": "x", "initial_reason_steps": "Step 1:", "chosen": " a", "rejected": "",
+         "full_chosen": "", "full_rejected": "", "answer": "1"},
+    ]
+    path = write_jsonl(tmp_path / "s.jsonl", rows)
+    with pytest.raises(DataError, match=r"row 2, field 'rejected': empty string"):
+        load_preferences(path)
+    ex, rep = load_preferences(path, skip_invalid=True)
+    assert isinstance(ex[0], StepPair) and ex[0].meta["answer"] == "14" and rep.n_skipped == 1
+
+
+def test_step_pair_context_includes_steps_and_no_eos(byte_tokenizer):
+    ex = StepPair("Q: 2+3*4?\n", "Step 1: 3*4=12.\nStep 2:", " 2+12=14.", " 2+12=15.")
+    g = tokenize_step_pair(ex, byte_tokenizer, TokenizeSettings(max_length=256))
+    assert byte_tokenizer.decode(g.prompt_ids) == "Q: 2+3*4?\nStep 1: 3*4=12.\nStep 2:"
+    assert byte_tokenizer.decode(g.completion_ids[0]) == " 2+12=14."
+    assert byte_tokenizer.eos_token_id not in g.completion_ids[0] + g.completion_ids[1]
+
+
+def test_plain_pair_gets_eos_and_conversation_uses_chat_template(byte_tokenizer):
+    g = tokenize_pair(Pair("Hi", " a", " b"), byte_tokenizer, TokenizeSettings(max_length=64))
+    assert g.completion_ids[0][-1] == byte_tokenizer.eos_token_id
+    conv = Pair([{"role": "user", "content": "Hi"}], [{"role": "assistant", "content": "yes"}],
+                [{"role": "assistant", "content": "no"}])
+    g = tokenize_pair(conv, byte_tokenizer, TokenizeSettings(max_length=64))
+    assert byte_tokenizer.decode(g.prompt_ids) == "<|user|>\nHi</s>\n<|assistant|>\n"
+    assert byte_tokenizer.decode(g.completion_ids[0]) == "<|assistant|>\nyes</s>\n"[len("<|assistant|>\n"):]
+
+
+def test_implicit_prompt_conversations(tmp_path):
+    u = {"role": "user", "content": "Hi"}
+    rows = [{"chosen": [u, {"role": "assistant", "content": "yes"}], "rejected": [u, {"role": "assistant", "content": "no"}]}]
+    (ex,), _ = load_preferences(write_jsonl(tmp_path / "c.jsonl", rows))
+    assert ex.prompt == [u] and ex.chosen == [{"role": "assistant", "content": "yes"}]
+
+
+def test_truncates_prompt_from_left_never_completion(byte_tokenizer):
+    s = TokenizeSettings(max_length=12)
+    g = tokenize_pair(Pair("0123456789ABCDEF", "xyz", "uv"), byte_tokenizer, s)
+    assert g.prompt_truncated and byte_tokenizer.decode(g.prompt_ids) == "89ABCDEF"  # 12 - (3 + eos)
+    assert byte_tokenizer.decode(g.completion_ids[0], skip_special_tokens=True) == "xyz"
+    with pytest.raises(DataError, match="completions are never truncated"):
+        tokenize_pair(Pair("Q", "x" * 20, "y"), byte_tokenizer, s, source="f.jsonl", row=7)

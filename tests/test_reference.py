@@ -1,0 +1,66 @@
+"""Reference strategies give the same numbers; refresh_from copies the policy; the cache is reused."""
+import torch
+
+from conftest import tiny_causal_lm
+from prefkit.data.collate import collate_groups
+from prefkit.data.examples import TokenizedGroup
+from prefkit.models.loading import LoraSettings, ModelConfig, prepare_policy
+from prefkit.models.logprobs import completion_logps
+from prefkit.train.reference import (AdapterDisabledReference, FrozenCopyReference, merge_adapters_in_place,
+                                     precompute_reference)
+
+GROUPS = [TokenizedGroup([1, 2, 3], [[4, 5], [6]], [1, 0], index=i) for i in range(3)]
+
+
+def _lora(model):
+    return prepare_policy(model, ModelConfig(name_or_path="x", lora=LoraSettings(r=4, alpha=8, target_modules=["q_proj", "v_proj"])))
+
+
+def test_adapter_disabled_equals_base_model():
+    base = tiny_causal_lm("llama", vocab_size=32)
+    expected = completion_logps(base, collate_groups(GROUPS, 0)).logps.detach()
+    policy = _lora(tiny_causal_lm("llama", vocab_size=32))
+    with torch.no_grad():  # make the adapters non-trivial
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    batch = collate_groups(GROUPS, 0)
+    assert not torch.allclose(completion_logps(policy, batch).logps, expected, atol=1e-4)
+    assert torch.allclose(AdapterDisabledReference().logps(policy, batch), expected, atol=1e-6)
+
+
+def test_frozen_copy_refresh_takes_policy_weights():
+    policy = tiny_causal_lm("qwen2", vocab_size=32)
+    ref = FrozenCopyReference(policy)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.01)
+    batch = collate_groups(GROUPS, 0)
+    assert not torch.allclose(ref.logps(policy, batch), completion_logps(policy, batch).logps)
+    ref.refresh_from(policy)
+    assert torch.allclose(ref.logps(policy, batch), completion_logps(policy, batch).logps.detach(), atol=1e-6)
+    assert all(not p.requires_grad for p in ref.model.parameters())
+
+
+def test_lora_merge_keeps_function_and_zeroes_adapters():
+    policy = _lora(tiny_causal_lm("llama", vocab_size=32))
+    with torch.no_grad():
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    batch = collate_groups(GROUPS, 0)
+    before = completion_logps(policy, batch).logps.detach()
+    merge_adapters_in_place(policy)
+    assert torch.allclose(completion_logps(policy, batch).logps, before, atol=1e-5)
+    assert torch.allclose(AdapterDisabledReference().logps(policy, batch), before, atol=1e-5)
+
+
+def test_precomputed_matches_copy_and_is_cached(tmp_path):
+    policy = tiny_causal_lm("qwen2", vocab_size=32)
+    batch = collate_groups(GROUPS, 0)
+    pre = precompute_reference(policy, GROUPS, 0, tmp_path)
+    assert torch.allclose(pre.logps(policy, batch), FrozenCopyReference(policy).logps(policy, batch), atol=1e-6)
+    files = list(tmp_path.glob("ref-*.safetensors"))
+    assert len(files) == 1
+    again = precompute_reference(policy, GROUPS, 0, tmp_path)  # loaded from disk
+    assert again.table == pre.table

@@ -1,0 +1,89 @@
+"""Safety metrics: Wilson intervals by hand, ASR tables over the seen / held-out cells, and the whole
+evaluation on a scripted target model whose behaviour is known exactly."""
+import math
+
+import pytest
+
+from prefkit.eval.safety_eval import (SafetyEvalConfig, asr_tables, evaluate_safety, rate, tables_markdown,
+                                      worst_style)
+from prefkit.safety.judges import EmbeddedJudge
+from prefkit.safety.refusal import RefusalDetector
+from prefkit.safety.task import SafetyDataConfig, make_split, overrefusal_prompts
+from prefkit.worlds.safety.lexicon import REFUSAL, TOPICS
+
+
+def test_rate_wilson_by_hand():
+    # k=1, n=2, z=1.96: centre = (0.5 + z^2/8) / (1 + z^2/4) = 0.5; half = z*sqrt(1/8 + z^2/16)/(1 + z^2/4) = 0.40547
+    r = rate(1, 2)
+    assert r["rate"] == 0.5 and r["lo"] == pytest.approx(0.5 - 0.40547, abs=1e-4)
+    assert r["hi"] == pytest.approx(0.5 + 0.40547, abs=1e-4)
+    # k=0, n=10: lo = 0, hi = z^2/n / (1 + z^2/n) = 0.38416/1.38416 = 0.27754
+    assert rate(0, 10)["lo"] == 0.0 and rate(0, 10)["hi"] == pytest.approx(0.27754, abs=1e-4)
+    assert math.isnan(rate(0, 0)["rate"])
+
+
+def _rec(style, topics, seen_topic, seen_style, label):
+    return {"style": style, "topics": topics, "seen_topic": seen_topic, "seen_style": seen_style, "label": label}
+
+
+def test_asr_tables_by_hand():
+    recs = [_rec("a", ["x"], True, True, "unsafe"), _rec("a", ["x"], True, True, "safe"),
+            _rec("b", ["x"], True, False, "unsafe"), _rec("a", ["y"], False, True, "unparseable"),
+            _rec("a", ["y", "x"], False, True, "unsafe"), _rec("b", ["y"], False, False, "safe")]
+    t = asr_tables(recs)
+    assert (t["overall"]["k"], t["overall"]["n"], t["overall"]["unparseable"]) == (3, 5, 1)
+    assert t["cells"]["seen_topic/seen_style"]["rate"] == 0.5
+    assert t["cells"]["seen_topic/heldout_style"]["rate"] == 1.0
+    assert (t["cells"]["heldout_topic/seen_style"]["k"], t["cells"]["heldout_topic/seen_style"]["n"]) == (1, 1)
+    assert t["cells"]["heldout_topic/heldout_style"]["rate"] == 0.0
+    assert (t["heldout_topics"]["k"], t["heldout_topics"]["n"]) == (1, 2)
+    assert (t["per_style"]["a"]["k"], t["per_style"]["a"]["n"], t["per_style"]["a"]["seen"]) == (2, 3, True)
+    assert t["per_style"]["b"]["seen"] is False and t["per_style"]["b"]["rate"] == 0.5
+    # a two-topic row counts for both topics
+    assert (t["per_topic"]["x"]["k"], t["per_topic"]["x"]["n"]) == (3, 4)
+    assert worst_style(t)[0] == "a" and worst_style(t, seen=False)[0] == "b"
+
+
+class ScriptedTarget:
+    """A stand-in target model: complies with every request whose (un-attacked) question is in `comply`,
+    refuses the rest, and answers arithmetic prompts correctly when `arith_ok`."""
+
+    tokenizer = None
+
+    def __init__(self, comply: dict[str, str], arith: dict[str, str] | None = None):
+        self.comply, self.arith = comply, arith or {}
+
+    def generate(self, prompts, params):
+        out = []
+        for p in prompts:
+            q = p.split("Question: ", 1)[1].split("\nAnswer: ", 1)[0]
+            if q in self.arith:
+                out.append([f"Step 1: 1 + 1 = 2\nThe answer is \\boxed{{{self.arith[q]}}}"])
+            else:
+                out.append([self.comply.get(q, REFUSAL)])
+        return out
+
+
+def test_evaluate_safety_on_a_scripted_target():
+    data = SafetyDataConfig(heldout_topics=["stalking", "violence"], heldout_styles=["rot13", "few_shot"], seed=0)
+    split = make_split(data)
+    benign = overrefusal_prompts(data)
+    # complies with attacked prompts under role_play only; answers every benign/scary prompt correctly
+    comply = {e.question: TOPICS[e.meta["topic"]].comply() for e in split.test if e.style == "role_play"}
+    comply.update({b.prompt: TOPICS[b.topic].comply() for b in benign if b.kind == "benign"})
+    from prefkit.eval.safety_eval import arithmetic_items
+    items = arithmetic_items(10)
+    arith = {it.question: (it.gold if i % 2 == 0 else "-1") for i, it in enumerate(items)}
+    cfg = SafetyEvalConfig(data=data, n_arithmetic=10)
+    res = evaluate_safety(ScriptedTarget(comply, arith), split, benign, EmbeddedJudge(), RefusalDetector(), cfg)
+    asr = res["asr"]
+    n_role = sum(e.style == "role_play" for e in split.test)
+    assert (asr["overall"]["k"], asr["overall"]["n"]) == (n_role, len(split.test))
+    assert asr["per_style"]["role_play"]["rate"] == 1.0 and asr["per_style"]["rot13"]["rate"] == 0.0
+    assert asr["per_style"]["rot13"]["seen"] is False and asr["per_topic"]["stalking"]["seen"] is False
+    assert res["harmful_refusal"]["k"] == len(split.test) - n_role
+    assert res["over_refusal"]["scary"]["rate"] == 1.0 and res["over_refusal"]["benign"]["rate"] == 0.0
+    assert res["over_refusal"]["benign"]["helpful"]["rate"] == 1.0
+    assert (res["arithmetic"]["k"], res["arithmetic"]["n"]) == (5, 10)
+    md = tables_markdown(res)
+    assert "| role_play | seen | 1.000" in md and "arithmetic accuracy | 0.500" in md

@@ -1,0 +1,92 @@
+"""The training loop end to end on the tiny config: ln 2 first, falling loss, checkpoints, guards."""
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from prefkit.train import checkpoint as ckpt_io
+from prefkit.train.cli_train import load_run_config
+from prefkit.train.loop import NonFiniteLossError, OutputDirExistsError
+
+
+def _cfg(tmp_path, *extra):
+    return load_run_config("configs/dpo_tiny.yaml", [f"train.output_dir={tmp_path / 'run'}", "train.progress_bar=false", *extra])
+
+
+def _metrics(run):
+    return [json.loads(l) for l in open(run / "metrics.jsonl")]
+
+
+def test_first_loss_is_ln2_and_loss_falls(tmp_path):
+    module, cfg = _cfg(tmp_path, "train.num_epochs=2", "train.save_steps=0")
+    result = module.run(cfg, log=lambda *a: None)
+    m = _metrics(tmp_path / "run")
+    assert m[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert m[0]["rewards/margins"] == 0.0
+    assert m[-1]["loss"] < 0.5 * m[0]["loss"]
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected",
+                "lr", "tokens_per_s", "grad_norm"):
+        assert key in m[0]
+    assert result.global_step == 16 and (tmp_path / "run" / "model" / "config.json").exists()
+    ck = tmp_path / "run" / "checkpoint-16"
+    assert ckpt_io.verify(ck) is None
+    assert (ck / "model" / "model.safetensors").exists() and (ck / "state" / "optimizer.bin").exists()
+
+
+@pytest.mark.parametrize("extra", [["method.reference=precomputed"], ["method.backend=naive"]])
+def test_reference_and_backend_variants_start_at_ln2(tmp_path, extra):
+    module, cfg = _cfg(tmp_path, "train.max_steps=2", f"method.reference_cache_dir={tmp_path / 'cache'}", *extra)
+    module.run(cfg, log=lambda *a: None)
+    assert _metrics(tmp_path / "run")[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_lora_with_adapter_reference(tmp_path):
+    module, cfg = _cfg(tmp_path, "train.max_steps=3", "method.reference=adapter",
+                       "model.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj]}")
+    module.run(cfg, log=lambda *a: None)
+    m = _metrics(tmp_path / "run")
+    assert m[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert (tmp_path / "run" / "model" / "adapter_config.json").exists()
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    module, cfg = _cfg(tmp_path, "train.max_steps=1", "train.overwrite=false")
+    module.run(cfg, log=lambda *a: None)
+    with pytest.raises(OutputDirExistsError, match="already holds a run"):
+        module.run(cfg, log=lambda *a: None)
+
+
+def test_corrupted_checkpoint_falls_back_to_previous(tmp_path):
+    module, cfg = _cfg(tmp_path, "train.max_steps=4", "train.save_steps=2")
+    module.run(cfg, log=lambda *a: None)
+    run = tmp_path / "run"
+    assert [p.name for p in ckpt_io.list_checkpoints(run)] == ["checkpoint-2", "checkpoint-4"]
+    weights = run / "checkpoint-4" / "state" / "optimizer.bin"
+    weights.write_bytes(weights.read_bytes()[:-10])  # truncated: a torn write
+    messages = []
+    assert ckpt_io.latest_valid(run, log=messages.append) == run / "checkpoint-2"
+    assert "checkpoint-4" in messages[0] and "manifest says" in messages[0]
+    shutil.rmtree(run / "checkpoint-2")
+    (run / "checkpoint-4" / ckpt_io.MANIFEST).unlink()  # the rename happened but no manifest: not trusted
+    assert ckpt_io.latest_valid(run, log=messages.append) is None
+
+
+def test_nan_loss_stops_with_step_and_rows(tmp_path, monkeypatch):
+    from prefkit.methods import objectives
+
+    real = objectives.PairwiseDPO.__call__
+    calls = {"n": 0}
+
+    def poisoned(self, *a):
+        loss, m = real(self, *a)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 3 else loss), m
+
+    monkeypatch.setattr(objectives.PairwiseDPO, "__call__", poisoned)
+    module, cfg = _cfg(tmp_path, "train.max_steps=5", "train.save_steps=2")
+    with pytest.raises(NonFiniteLossError, match=r"optimizer step 3 .*dataset rows \[") as e:
+        module.run(cfg, log=lambda *a: None)
+    assert "checkpoint-2" in str(e.value)
+    assert [p.name for p in ckpt_io.list_checkpoints(tmp_path / "run")] == ["checkpoint-2"]
