@@ -75,5 +75,11 @@ def collate_groups(groups: list[TokenizedGroup], pad_id: int, backend: str = "pr
         "labels": labels,  # (B, K)
         "index": torch.tensor([g.index for g in groups], dtype=torch.long),  # (B,)
         "n_tokens": torch.tensor(int((seg_t >= 0).sum())),
-        "is_prefix": torch.tensor(backend == "prefix"),
+        "is_prefix": backend == "prefix",  # plain Python values stay on the host: reading them never syncs a GPU
+        "rows": [g.index for g in groups],
     }
+
+
+def to_device(batch: dict, device) -> dict:
+    """Move the tensors of a collated batch to `device`; host-side values (lists, flags) stay as they are."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -79,7 +79,7 @@ class SPODataConfig:
 @dataclass
 class SPORunConfig:
     scorer: SPOScorerConfig
-    model: DiffusionModelConfig = field(default_factory=lambda: DiffusionModelConfig(lora_rank=0))
+    model: DiffusionModelConfig = field(default_factory=DiffusionModelConfig)
     method: SPOMethodConfig = field(default_factory=SPOMethodConfig)
     data: SPODataConfig = field(default_factory=SPODataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4, batch_size=16,
@@ -219,6 +219,14 @@ class Ledger:
         return self.sampling_s + self.training_s
 
 
+@dataclass
+class SPOOutcome:
+    module: SPOModule
+    ledger: Ledger
+    history: list[dict]
+    trainer: RoundTrainer
+
+
 def train_spo(backend, reference_unet, score_fn_for: Callable, next_prompts: Callable[[int], list[str]],
               cfg: SPORunConfig, *, eval_fn: Callable[[int, Ledger], dict] | None = None, eval_every: int = 1,
               log=print):
@@ -227,7 +235,6 @@ def train_spo(backend, reference_unet, score_fn_for: Callable, next_prompts: Cal
 
     score_fn_for(prompts, cond) -> ScoreFn for one sampling batch; next_prompts(round) -> prompts;
     eval_fn(round, ledger) -> metrics, called before the first round and every `eval_every` rounds, not timed.
-    Returns (module, ledger, history).
     """
     m = cfg.method
     unet, reference = backend.unet, reference_unet
@@ -269,4 +276,122 @@ def train_spo(backend, reference_unet, score_fn_for: Callable, next_prompts: Cal
             rec.update(eval_fn(r, ledger))
         history.append({**rec, **asdict(ledger), "unet_forwards": ledger.unet_forwards, "wall_s": ledger.wall_s})
         log(f"[spo] round {r}/{m.rounds}: {json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()})}")
-    return module, ledger, history
+    return SPOOutcome(module, ledger, history, trainer)
+
+
+# ------------------------------------------------------------------------------------------- scorer, prompts, run
+class _PairTensors(Dataset):
+    def __init__(self, x_w, x_l, text):
+        self.x_w, self.x_l, self.text = x_w, x_l, text  # (N, C, H, W) x2, (N, L, D)
+
+    def __len__(self):
+        return self.x_w.shape[0]
+
+    def __getitem__(self, i):
+        return {"x_w": self.x_w[i], "x_l": self.x_l[i], "text": self.text[i], "index": torch.tensor(i)}
+
+
+def guided_x0_fn(backend, guidance_scale: float, clip_sample: bool):
+    """denoise_fn for StepScorerModule: the (frozen, current) UNet's guided x0_hat, as the sampler sees it."""
+    uncond1 = backend.encode_text([""])
+
+    @torch.no_grad()
+    def denoise(x_t, t, batch):
+        cond = batch["text"]
+        eps, _ = guided_eps(backend.unet, x_t, t, cond, uncond1.expand_as(cond), guidance_scale)
+        a = backend.scheduler.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1)
+        x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+        return x0.clamp(-1, 1) if clip_sample else x0
+
+    return denoise
+
+
+def fit_cnn_scorer(backend, pairs: list, cfg: SPORunConfig, out_dir: str | Path, log=print):
+    """Fit a StepAwareCNNScorer on labelled ImagePairs at the sampler's noise levels (one Trainer run).
+    Returns (scorer, UNet forwards spent on x0_hat, seconds)."""
+    from prefkit.data.images import ImagePreferenceDataset
+    from prefkit.diffusion.step_scorer import CNNScorerConfig, StepAwareCNNScorer, StepScorerModule
+    from prefkit.diffusion.spo_sampler import ddim_schedule
+
+    t0 = time.perf_counter()
+    if backend.vae is not None:
+        raise ValueError("fit_cnn_scorer: the CNN step scorer is for pixel-space models; use a CLIP step scorer (scorer.path)")
+    ds = ImagePreferenceDataset(pairs, backend.image_size)
+    px = torch.stack([ds[i]["pixels"] for i in range(len(ds))])  # (N, 2, 3, H, W), chosen first
+    text = backend.encode_text([p.caption for p in pairs])  # (N, L, D)
+    sc, s = cfg.scorer, cfg.method.sampler
+    scorer = StepAwareCNNScorer(CNNScorerConfig(in_channels=px.shape[2], image_size=px.shape[-1], text_len=text.shape[1],
+                                                text_dim=text.shape[2], width=sc.width))
+    clip = bool(backend.scheduler.config.get("clip_sample", False)) if s.clip_sample is None else s.clip_sample
+    grid = torch.tensor([t for t, _, _ in ddim_schedule(backend.scheduler, s.num_inference_steps)])
+    module = StepScorerModule(scorer, guided_x0_fn(backend, s.guidance_scale, clip),
+                              lambda m, x, t, b: m(x, t, b["text"]), grid, backend.scheduler.alphas_cumprod, sc.p_clean)
+    tcfg = TrainConfig(output_dir=str(out_dir), seed=cfg.train.seed, learning_rate=sc.fit_lr, num_epochs=sc.fit_epochs,
+                       batch_size=sc.fit_batch_size, lr_scheduler="cosine", warmup_ratio=0.05, weight_decay=1e-4,
+                       progress_bar=cfg.train.progress_bar, overwrite=True, logging_steps=10)
+    res = Trainer(tcfg, module, _PairTensors(px[:, 0], px[:, 1], text), collate_tuples, log=log).train()
+    if res.history:
+        log(f"[spo] step scorer fitted on {len(pairs)} pairs: {res.history[-1]}")
+    return scorer.eval().requires_grad_(False), module.denoise_forwards, time.perf_counter() - t0
+
+
+def make_score_fn_for(backend, scorer):
+    """score_fn_for(prompts, cond) -> ScoreFn that decodes x0_hat and scores it with the step scorer."""
+    from prefkit.diffusion.step_scorer import CLIPStepScorer
+
+    def score_fn_for(prompts, cond):
+        @torch.no_grad()
+        def score(x0, t, rows):
+            images = backend.decode_latents(x0)
+            if isinstance(scorer, CLIPStepScorer):
+                return scorer.score_prompts(images, t, [prompts[int(r)] for r in rows])
+            return scorer(images, t, cond[rows])
+
+        return score
+
+    return score_fn_for
+
+
+def prompt_source(spec: str, per_round: int, seed: int) -> Callable[[int], list[str]]:
+    """'shapes:<split>' or a prompts file (.txt / .jsonl); each round draws `per_round` prompts."""
+    import random
+
+    if spec.startswith("shapes:"):
+        from prefkit.worlds.shapes.grammar import sample_prompts
+
+        split = spec[len("shapes:"):] or "train"
+        return lambda r: sample_prompts(per_round, seed=seed * 100003 + r, split=split)
+    from prefkit.pipelines.ranked_images import read_prompts
+
+    pool = read_prompts(spec)
+    return lambda r: random.Random(seed * 100003 + r).choices(pool, k=per_round)
+
+
+def run(cfg: SPORunConfig, *, resume: bool = False, log=print):
+    """`prefkit train` entry: load model and scorer, run the rounds, save the policy to OUTPUT/model."""
+    from prefkit.data.images import ImagePair, ImageRankedList, load_image_jsonl, ranked_to_pairs
+    from prefkit.diffusion.run_config import load_backend
+    from prefkit.diffusion.step_scorer import load_step_scorer
+    from prefkit.train.loop import TrainResult
+
+    if resume:
+        raise ValueError("SPO runs are not resumable (rounds sample from the current policy); start a new run")
+    out = Path(cfg.train.output_dir)
+    backend, reference = load_backend(cfg.model)
+    if cfg.scorer.path:
+        scorer = load_step_scorer(cfg.scorer.path).eval().requires_grad_(False)
+    else:
+        examples, report = load_image_jsonl(cfg.scorer.fit_data)
+        log(report.summary())
+        pairs = ranked_to_pairs(examples, "all") if examples and isinstance(examples[0], ImageRankedList) else examples
+        assert all(isinstance(p, ImagePair) for p in pairs)
+        scorer, _, _ = fit_cnn_scorer(backend, pairs, cfg, out / "scorer_fit", log=log)
+        scorer.save_pretrained(out / "scorer")
+    res = train_spo(backend, reference, make_score_fn_for(backend, scorer),
+                    prompt_source(cfg.data.prompts, cfg.method.prompts_per_round, cfg.data.seed), cfg, log=log)
+    module, ledger, history = res.module, res.ledger, res.history
+    module.save_pretrained(out / "model")
+    (out / "spo_rounds.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    (out / "run_config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
+    log(f"[spo] {ledger}")
+    return TrainResult(len(history), str(out), history, None)

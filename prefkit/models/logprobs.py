@@ -49,7 +49,7 @@ def hidden_states(model, batch: dict) -> torch.Tensor:
     base = _unwrap(model)
     decoder = base.get_decoder()
     seg = batch["segments"]
-    if bool(batch["is_prefix"]):
+    if batch["is_prefix"]:
         dtype = next(p for p in base.parameters()).dtype
         attn = block_attention_mask(seg, dtype if dtype.is_floating_point else torch.float32)
     else:

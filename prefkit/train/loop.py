@@ -172,7 +172,7 @@ class Trainer:
         if not bool(packed_all[:, -1].all()):
             bad = (~torch.isfinite(losses)).nonzero()
             j = int(bad[0]) if len(bad) else -1
-            rows = window["rows"][j].tolist() if j >= 0 else "on another process"
+            rows = window["rows"][j] if 0 <= j < len(window["rows"]) else "on another process"
             last = ckpt_io.latest_valid(self.out, log=lambda *_: None)
             raise NonFiniteLossError(
                 f"non-finite loss at optimizer step {window['first_step'] + j // self.cfg.grad_accum_steps} "
@@ -273,7 +273,8 @@ class Trainer:
         for k, v in metrics.items():
             window["metrics"].setdefault(k, []).append(v.detach().float())
         if isinstance(batch, dict):
-            window["rows"].append(batch.get("index", torch.tensor([])))
+            rows = batch.get("rows", batch.get("index"))
+            window["rows"].append(rows.tolist() if torch.is_tensor(rows) else rows)
             if "n_tokens" in batch:
                 window["tokens"] += batch["n_tokens"]
             if "mask" in batch:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from prefkit.data.collate import collate_groups
+from prefkit.data.collate import collate_groups, to_device
 from prefkit.data.examples import TokenizedGroup
 from prefkit.models.loading import is_peft
 from prefkit.models.logprobs import completion_logps
@@ -106,7 +106,7 @@ class PrecomputedReference(Reference):
     def logps(self, policy, batch):
         rows = []
         K = batch["mask"].shape[1]
-        for i in batch["index"].tolist():
+        for i in batch["rows"]:
             v = self.table[int(i)]
             rows.append(v + [0.0] * (K - len(v)))
         return torch.tensor(rows, dtype=torch.float32, device=batch["mask"].device)
@@ -149,7 +149,7 @@ def precompute_reference(model, groups: list[TokenizedGroup], pad_id: int, cache
         chunk = groups[s : s + batch_size]
         batch = collate_groups(chunk, pad_id, backend)
         dev = next(model.parameters()).device
-        batch = {k: v.to(dev) for k, v in batch.items()}
+        batch = to_device(batch, dev)
         lp = completion_logps(model, batch).logps.float().cpu()
         for g, row in zip(chunk, lp):
             table[g.index] = row[: len(g.completion_ids)].tolist()

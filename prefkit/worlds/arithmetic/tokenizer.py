@@ -16,16 +16,19 @@ CHARS = sorted(set(string.printable) - set("\t\r\x0b\x0c"))  # letters, digits, 
 
 def build_char_tokenizer(extra_chars: str = ""):
     """A PreTrainedTokenizerFast with <pad>=0, </s>=1, <unk>=2 and one id per character."""
-    from tokenizers import Tokenizer, decoders, models
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     chars = [c for c in CHARS] + sorted(set(extra_chars) - set(CHARS))
     vocab = {PAD: 0, EOS: 1, UNK: 2}
     for c in chars:
         vocab.setdefault(c, len(vocab))
-    # BPE with no merges over the whole string = one token per character; no pre-tokenizer, so spaces
-    # and newlines are ordinary characters and decoding is plain concatenation.
+    # BPE with no merges = one token per character. The pre-tokenizer (every character isolated) and the
+    # empty normaliser are explicit: a saved tokenizer without them is given byte-level defaults when
+    # transformers loads it back. Spaces and newlines are ordinary characters; decoding concatenates.
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.normalizer = normalizers.Sequence([])
     tok.decoder = decoders.Fuse()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK)
     fast.padding_side = "right"
@@ -34,10 +37,11 @@ def build_char_tokenizer(extra_chars: str = ""):
 
 def build_bpe_tokenizer(corpus: list[str], vocab_size: int = 512):
     """Byte-level BPE trained on `corpus`, digits split one by one."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))
+    tok.normalizer = normalizers.Sequence([])
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),

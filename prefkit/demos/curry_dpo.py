@@ -1,0 +1,302 @@
+"""`prefkit demo curry-dpo`: ranked lists from a tiny SFT policy, then five ways to use them.
+
+In the embedded arithmetic world (no downloads): the cached tiny SFT model samples several answers per
+problem; the programmatic step checker scores each one with partial credit (the share of the problem's
+steps done right before the first mistake), ties broken by final-answer correctness, then shorter answer.
+Exact duplicate answers are merged (one list keeps up to `k` distinct answers, K may vary), and a list
+left with fewer than 2 answers or a remaining tie is dropped and counted by the ranked-list loader.
+The arms, all at the same number of optimizer steps and batch size (pairs or lists per step):
+
+    dpo_best_worst        one pair per prompt, best vs worst (single-pair DPO)
+    all_pairs_shuffled    all C(K,2) pairs of each list, shuffled, one stage
+    curriculum_fixed_ref  best-vs-rest pairs in 3 stages easy -> hard, the SFT model as reference throughout
+    curry_dpo             the same stages, reference refreshed to the policy at the end of each stage
+    ranked_dpo            listwise LiPO-lambda loss over each whole list
+
+Evaluation on held-out problems: greedy answer accuracy (and the share of fully correct solutions), and
+preference accuracy = the share of held-out pairs (from lists sampled and scored the same way on other
+problems) that the implicit reward logp_policy - logp_SFT orders like the checker.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from prefkit.data.curriculum import pairs_from_lists
+from prefkit.data.examples import RankedList
+from prefkit.data.ranked import load_ranked
+from prefkit.data.tokenize import TokenizeSettings, tokenize_ranked
+
+ARMS = ("dpo_best_worst", "all_pairs_shuffled", "curriculum_fixed_ref", "curry_dpo", "ranked_dpo")
+
+
+@dataclass
+class CurryDemoConfig:
+    output_dir: str = "runs/demo-curry-dpo"
+    arms: list[str] = field(default_factory=lambda: list(ARMS))
+    seeds: list[int] = field(default_factory=lambda: [0])
+    n_train_problems: int = 64  # problems whose sampled lists train the policy (the world's `pref` split)
+    n_pref_eval_problems: int = 32  # held-out lists for preference accuracy (the `val` split)
+    n_test_problems: int = 100  # held-out accuracy (the `test` split)
+    k: int = 4  # answers kept per list (distinct)
+    n_samples: int = 8  # answers sampled per problem to find k distinct ones
+    temperature: float = 1.0
+    max_new_tokens: int = 160
+    total_steps: int = 24  # optimizer steps per arm (split evenly over the stages of curricula)
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    beta: float = 0.1
+    data_seed: int = 0
+    cache_root: str = "runs/cache"
+
+    def __post_init__(self):
+        bad = [a for a in self.arms if a not in ARMS]
+        if bad:
+            raise ValueError(f"arms: unknown {bad}; expected a subset of {ARMS}")
+        if self.k < 2 or self.n_samples < self.k:
+            raise ValueError("need k >= 2 and n_samples >= k")
+
+
+# ------------------------------------------------------------------------------------------ ranked data
+def score_response(problem, text: str) -> dict:
+    """Checker verdicts -> partial credit, final-answer correctness, and the tie-broken list score."""
+    from prefkit.eval.math_answers import extract_answer, is_equiv
+    from prefkit.pipelines.step_judges import step_contents
+    from prefkit.worlds.arithmetic.checker import first_wrong_step
+
+    contents = step_contents(text)
+    k, _, _ = first_wrong_step(problem, contents) if contents else (0, [], "")
+    n_ok = min(len(problem.ops), len(contents) if k is None else k)
+    share = n_ok / len(problem.ops)
+    final = bool(is_equiv(extract_answer(text), str(problem.answer), symbolic=False))
+    # lexicographic: share (steps of 1/6 or more) > final answer (1e-3) > shorter text (< 1e-3 below 1000 chars)
+    score = share + 1e-3 * final - 1e-6 * min(len(text), 999)
+    return {"share": share, "final_correct": final, "score": round(score, 9)}
+
+
+def sample_ranked_lists(sampler, problems, cfg: CurryDemoConfig, path: Path, *, seed: int, log=print):
+    """Sample, score, merge duplicates, write jsonl rows, and read them back through the ranked loader."""
+    from prefkit.pipelines.sampling import SamplingParams
+    from prefkit.worlds.arithmetic.problems import PROMPT_TEMPLATE, RESPONSE_PREFIX
+
+    prompts = [PROMPT_TEMPLATE.format(question=p.question) + RESPONSE_PREFIX for p in problems]
+    params = SamplingParams(n=cfg.n_samples, temperature=cfg.temperature, top_p=1.0,
+                            max_new_tokens=cfg.max_new_tokens, seed=seed)
+    outs = sampler.generate(prompts, params)
+    rows, n_short = [], 0
+    for p, prompt, texts in zip(problems, prompts, outs):
+        distinct = list(dict.fromkeys(t for t in texts if t.strip()))[: cfg.k]
+        n_short += len(distinct) < cfg.k
+        scored = [score_response(p, t) for t in distinct]
+        rows.append({"prompt": prompt, "responses": distinct, "scores": [s["score"] for s in scored],
+                     "share": [s["share"] for s in scored], "final_correct": [s["final_correct"] for s in scored],
+                     "answer": p.answer})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lists, report = load_ranked(path, ties="error", skip_invalid=True)
+    shares = [s for r in rows for s in r["share"]]
+    stats = {"problems": len(problems), "lists_kept": len(lists), "lists_dropped": report.n_skipped,
+             "lists_with_fewer_than_k": n_short, "responses": len(shares),
+             "mean_share": sum(shares) / max(1, len(shares)),
+             "fully_correct_responses": sum(s == 1.0 for s in shares) / max(1, len(shares))}
+    log(report.summary())
+    return lists, stats
+
+
+# ------------------------------------------------------------------------------------------------ arms
+def _train_cfg(cfg: CurryDemoConfig, out: Path, seed: int):
+    from prefkit.train.config import TrainConfig
+
+    return TrainConfig(output_dir=str(out), seed=seed, learning_rate=cfg.learning_rate, max_steps=cfg.total_steps,
+                       batch_size=cfg.batch_size, lr_scheduler="constant", warmup_ratio=0.0, overwrite=True,
+                       logging_steps=1, progress_bar=False, save_total_limit=1)
+
+
+def train_arm(arm: str, sft_path: str, lists: list[RankedList], cfg: CurryDemoConfig, seed: int, out: Path,
+              settings: TokenizeSettings, log=print):
+    """Train one arm from the SFT model; returns (policy, tokenizer, curve of (step, loss))."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prefkit.data.curriculum import split_stages
+    from prefkit.methods.curry_dpo import CurryMethodConfig, train_curriculum
+
+    tok = AutoTokenizer.from_pretrained(sft_path)
+    torch.manual_seed(seed)
+    policy = AutoModelForCausalLM.from_pretrained(sft_path, dtype=torch.float32)
+    train = _train_cfg(cfg, out, seed)
+    quiet = lambda *a, **k: None  # noqa: E731
+    if arm == "ranked_dpo":
+        from prefkit.methods.dpo import GroupCollator
+        from prefkit.methods.ranked_dpo import RankedMethodConfig, build_module
+        from prefkit.train.loop import Trainer
+
+        groups = [tokenize_ranked(x, tok, settings, index=i) for i, x in enumerate(lists)]
+        module = build_module(policy, tok, groups, RankedMethodConfig(beta=cfg.beta, weighting="lambda"))
+        result = Trainer(train, module, groups, GroupCollator(tok.pad_token_id, "prefix"), log=quiet).train()
+        return policy, tok, [(r["step"], r["loss"]) for r in result.history]
+    spec = {"dpo_best_worst": ("best_vs_worst", 1, False), "all_pairs_shuffled": ("all_pairs", 1, False),
+            "curriculum_fixed_ref": ("best_vs_rest", 3, False), "curry_dpo": ("best_vs_rest", 3, True)}[arm]
+    pairing, n_stages, refresh = spec
+    method = CurryMethodConfig(beta=cfg.beta, pairing=pairing, n_stages=n_stages, ordering="easy_to_hard",
+                               refresh_reference=refresh, reference="copy")
+    stages = split_stages(pairs_from_lists(lists, pairing), n_stages, ordering="easy_to_hard")
+    result = train_curriculum(policy, tok, stages, method, train, settings, skip_invalid=True, log=quiet)
+    return policy, tok, [(r["curriculum_step"], r["loss"]) for r in result.history]
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def preference_accuracy(policy, reference, tok, lists: list[RankedList], settings, batch_size: int = 16) -> float:
+    """Share of held-out preferred pairs (i over j) with logp_pi(i) - logp_ref(i) > the same for j."""
+    from prefkit.data.collate import collate_groups
+    from prefkit.losses.listwise import pair_mask
+    from prefkit.models.logprobs import completion_logps
+
+    policy.eval()
+    right = total = 0
+    for s in range(0, len(lists), batch_size):
+        groups = [tokenize_ranked(x, tok, settings, index=i) for i, x in enumerate(lists[s: s + batch_size])]
+        batch = collate_groups(groups, tok.pad_token_id, "prefix")
+        r = completion_logps(policy, batch).logps - completion_logps(reference, batch).logps  # (B, K)
+        pm = pair_mask(batch["labels"], batch["mask"])  # (B, K, K)
+        right += int(((r[:, :, None] > r[:, None, :]) & pm).sum())
+        total += int(pm.sum())
+    return right / max(1, total)
+
+
+def answer_accuracy(policy, tok, problems, cfg: CurryDemoConfig) -> dict:
+    from prefkit.pipelines.sampling import GREEDY, HFSampler, SamplingParams
+    from prefkit.worlds.arithmetic.problems import PROMPT_TEMPLATE, RESPONSE_PREFIX
+
+    sampler = HFSampler(policy, tok, batch_size=64, progress=False)
+    prompts = [PROMPT_TEMPLATE.format(question=p.question) + RESPONSE_PREFIX for p in problems]
+    outs = sampler.generate(prompts, SamplingParams(**{**asdict(GREEDY), "max_new_tokens": cfg.max_new_tokens}))
+    scored = [score_response(p, o[0]) for p, o in zip(problems, outs)]
+    return {"accuracy": sum(s["final_correct"] for s in scored) / len(scored),
+            "solved": sum(s["share"] == 1.0 for s in scored) / len(scored)}
+
+
+# ------------------------------------------------------------------------------------------------ main
+def run_experiment(cfg: CurryDemoConfig, log=print) -> dict:
+    """Data once (from the SFT model), then every arm for every seed. Returns rows, data stats, curves."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prefkit.pipelines.sampling import HFSampler
+    from prefkit.worlds.arithmetic.model import pretrain
+    from prefkit.worlds.arithmetic.problems import WorldConfig, make_splits
+
+    out = Path(cfg.output_dir)
+    sft_path = str(pretrain(cache_root=cfg.cache_root))
+    tok = AutoTokenizer.from_pretrained(sft_path)
+    sft = AutoModelForCausalLM.from_pretrained(sft_path, dtype=torch.float32).eval()
+    splits = make_splits(WorldConfig(), seed=0)
+    settings = TokenizeSettings(max_length=512, prompt_template="{prompt}")
+    sampler = HFSampler(sft, tok, batch_size=64, progress=True)
+    t0 = time.time()
+    train_lists, train_stats = sample_ranked_lists(sampler, splits.pref[: cfg.n_train_problems], cfg,
+                                                   out / "data" / "train_lists.jsonl", seed=cfg.data_seed, log=log)
+    eval_lists, eval_stats = sample_ranked_lists(sampler, splits.val[: cfg.n_pref_eval_problems], cfg,
+                                                 out / "data" / "heldout_lists.jsonl", seed=cfg.data_seed + 1, log=log)
+    log(f"[data] {time.time() - t0:.0f}s; train {train_stats}; held-out {eval_stats}")
+    test = splits.test[: cfg.n_test_problems]
+    base = answer_accuracy(sft, tok, test, cfg)
+    rows = [{"arm": "sft (no preference training)", "seed": -1, **base,
+             "pref_accuracy": preference_accuracy(sft, sft, tok, eval_lists, settings), "seconds": 0.0}]
+    log(f"[sft] {rows[0]}")
+    curves = {}
+    for seed in cfg.seeds:
+        for arm in cfg.arms:
+            t = time.time()
+            policy, ptok, curve = train_arm(arm, sft_path, train_lists, cfg, seed, out / "runs" / f"{arm}-s{seed}", settings, log)
+            row = {"arm": arm, "seed": seed, **answer_accuracy(policy, ptok, test, cfg),
+                   "pref_accuracy": preference_accuracy(policy, sft, ptok, eval_lists, settings),
+                   "seconds": round(time.time() - t, 1)}
+            rows.append(row)
+            curves[f"{arm}-s{seed}"] = curve
+            log(f"[{arm} seed {seed}] accuracy {row['accuracy']:.3f} solved {row['solved']:.3f} "
+                f"pref_accuracy {row['pref_accuracy']:.3f} ({row['seconds']}s)")
+    result = {"config": asdict(cfg), "sft_model": sft_path, "train_data": train_stats, "heldout_data": eval_stats,
+              "rows": rows, "curves": curves}
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean and sample std over seeds, per arm (order of first appearance)."""
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    out = []
+    for arm in arms:
+        rs = [r for r in rows if r["arm"] == arm]
+        rec = {"arm": arm, "n_seeds": len([r for r in rs if r["seed"] >= 0]) or 1}
+        for key in ("accuracy", "solved", "pref_accuracy"):
+            v = [r[key] for r in rs]
+            m = sum(v) / len(v)
+            rec[key] = m
+            rec[key + "_std"] = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
+        out.append(rec)
+    return out
+
+
+def markdown_table(summary: list[dict]) -> str:
+    lines = ["| arm | seeds | held-out accuracy | fully correct | held-out preference accuracy |",
+             "|---|---|---|---|---|"]
+    for r in summary:
+        lines.append(f"| {r['arm']} | {r['n_seeds']} | {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} | "
+                     f"{r['solved']:.3f} ± {r['solved_std']:.3f} | {r['pref_accuracy']:.3f} ± {r['pref_accuracy_std']:.3f} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarize(result["rows"])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    names = [r["arm"].replace("sft (no preference training)", "sft") for r in summary]
+    for ax, key, title in ((axes[0], "accuracy", "held-out answer accuracy"),
+                           (axes[1], "pref_accuracy", "held-out preference accuracy")):
+        ax.bar(range(len(summary)), [r[key] for r in summary], yerr=[r[key + "_std"] for r in summary], capsize=3,
+               color=["0.6"] + ["C%d" % i for i in range(len(summary) - 1)])
+        ax.set_xticks(range(len(summary)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(title)
+    for i, (name, curve) in enumerate(sorted(result["curves"].items())):
+        if curve and name.endswith("-s%d" % result["config"]["seeds"][0]):
+            ax = axes[2]
+            ax.plot([c[0] for c in curve], [c[1] for c in curve], label=name.rsplit("-s", 1)[0])
+    axes[2].set_title("training loss (first seed; ranked_dpo is a listwise loss)")
+    axes[2].set_xlabel("optimizer step")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def cli_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="prefkit demo curry-dpo", description=__doc__.split("\n")[0])
+    ap.add_argument("--output-dir", default=CurryDemoConfig.output_dir)
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--steps", type=int, default=CurryDemoConfig.total_steps)
+    ap.add_argument("--train-problems", type=int, default=CurryDemoConfig.n_train_problems)
+    ap.add_argument("--test-problems", type=int, default=CurryDemoConfig.n_test_problems)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    cfg = CurryDemoConfig(output_dir=args.output_dir, arms=args.arms, seeds=args.seeds, total_steps=args.steps,
+                          n_train_problems=args.train_problems, n_test_problems=args.test_problems)
+    result = run_experiment(cfg)
+    table = markdown_table(summarize(result["rows"]))
+    print(table)
+    png = plot(result, Path(cfg.output_dir) / "curry_dpo.png")
+    (Path(cfg.output_dir) / "results.md").write_text(table + "\n")
+    print(f"plot: {png}\nresults: {Path(cfg.output_dir) / 'results.json'}")
+    return 0
