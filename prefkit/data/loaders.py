@@ -140,6 +140,23 @@ def parse_step_pair(row: dict, src: str, i: int) -> StepPair:
     return StepPair(prompt, steps, chosen, rejected, meta)
 
 
+ID_FIELDS = ("id", "uuid", "prompt_id")
+
+
+def check_unique_id(row: dict, seen: dict, src: str, i: int) -> None:
+    """Rows that carry an id must not repeat it (a duplicated row would be trained on twice)."""
+    for key in ID_FIELDS:
+        if key in row and row[key] is not None:
+            try:
+                hash(row[key])
+            except TypeError:
+                raise DataError(src, i, key, f"expected a string or number id, got {type(row[key]).__name__}") from None
+            if row[key] in seen:
+                raise DataError(src, i, key, f"duplicate id {row[key]!r} (first seen at row {seen[row[key]]})")
+            seen[row[key]] = i
+            return
+
+
 def load_preferences(source: str, *, format: str = "auto", split: str = "train", skip_invalid: bool = False,
                      limit: int | None = None) -> tuple[list, LoadReport]:
     """Load Pair / StepPair examples. Returns (examples, report); raises DataError on the first bad row
@@ -150,6 +167,7 @@ def load_preferences(source: str, *, format: str = "auto", split: str = "train",
     handler = RowHandler(report, skip_invalid)
     out: list = []
     fmt = format
+    seen_ids: dict = {}
     for i, row in iter_rows(source, split):
         report.rows_read += 1
         if isinstance(row, DataError):
@@ -158,6 +176,7 @@ def load_preferences(source: str, *, format: str = "auto", split: str = "train",
         if fmt == "auto":
             fmt = "step_pairs" if "initial_reason_steps" in row else "pairs"
         try:
+            check_unique_id(row, seen_ids, str(source), i)
             ex = parse_step_pair(row, str(source), i) if fmt == "step_pairs" else parse_pair(row, str(source), i)
         except DataError as e:
             handler.bad(e)

@@ -1,0 +1,219 @@
+"""`prefkit demo spo`: step-aware preference optimization in the embedded shapes world (no downloads).
+
+    prefkit demo spo [--rounds 6] [--prompts-per-round 16] [--output-dir runs/demo-spo]
+
+1. the world's pre-trained tiny text-to-image UNet (trained once, cached under runs/cache/);
+2. labelled images: the world's 4 generators draw one image per train prompt, the 4 labelling rewards
+   (colour, shape, count, position) rank them into Syn-Pic win rates (the RankDPO / Diffusion-DPO data);
+3. a step-aware CNN preference model fitted on pairs of those images at random noise levels (cached);
+4. SPO rounds: multi-sample DDIM from the current policy, best/worst pairs per step, per-step updates;
+5. held-out evaluation on test-split prompts with the deterministic sampler (DDIM, eta 0, CFG 3, 20 steps):
+   `geneval` (all-or-nothing compositional correctness, never used for labels) and the mean label reward.
+Prints a table, writes results.csv, a reward-vs-compute plot and an image grid to the output folder.
+The helpers here (labelled data, scorer cache, evaluation, plots) are shared with experiments/spo.py.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+EVAL_STEPS, EVAL_GUIDANCE = 20, 3.0
+
+
+# ------------------------------------------------------------------------------------------- shared helpers
+def base_key() -> str:
+    from prefkit.worlds.shapes.base_model import PretrainConfig
+
+    return PretrainConfig().key()
+
+
+def generation_forwards(generators, n_prompts: int) -> int:
+    """Per-sample UNet forwards the generators spend on n_prompts images each (CFG counts 2)."""
+    return sum(n_prompts * g.steps * (1 if g.guidance == 1.0 else 2) for g in generators)
+
+
+def labelled_data(n_prompts: int, seed: int, cache_root: str = "runs/cache", progress: bool = True) -> tuple[str, dict]:
+    """Syn-Pic ranked lists for n train prompts (cached). Returns (ranked.jsonl, meta with its compute)."""
+    from prefkit.pipelines.ranked_images import build_ranked_images
+    from prefkit.worlds.shapes import DEFAULT_GENERATORS, LABEL_REWARDS, REWARDS, parse_generator, sample_prompts
+
+    key = hashlib.sha1(json.dumps([base_key(), n_prompts, seed, DEFAULT_GENERATORS, LABEL_REWARDS]).encode()).hexdigest()[:10]
+    out = Path(cache_root) / f"spo_synpic_{key}"
+    meta_file = out / "meta.json"
+    if meta_file.exists():
+        return str(out / "ranked.jsonl"), json.loads(meta_file.read_text())
+    gens = [parse_generator(g) for g in DEFAULT_GENERATORS]
+    prompts = sample_prompts(n_prompts, seed=seed, split="train")
+    t0 = time.perf_counter()
+    path = build_ranked_images(prompts, gens, [REWARDS[r] for r in LABEL_REWARDS], str(out), seed=seed, progress=progress)
+    meta = {"n_prompts": n_prompts, "generators": list(DEFAULT_GENERATORS), "rewards": list(LABEL_REWARDS),
+            "unet_forwards": generation_forwards(gens, n_prompts), "seconds": time.perf_counter() - t0}
+    meta_file.write_text(json.dumps(meta, indent=1))
+    return path, meta
+
+
+def cached_scorer(backend, data_path: str, cfg, cache_root: str = "runs/cache", log=print):
+    """The CNN step scorer fitted on `data_path` (cached by base, data and scorer settings) and its fit compute."""
+    from prefkit.data.images import load_image_jsonl, ranked_to_pairs
+    from prefkit.diffusion.step_scorer import StepAwareCNNScorer
+    from prefkit.methods.spo import fit_cnn_scorer
+
+    s = cfg.method.sampler
+    key = hashlib.sha1(json.dumps([base_key(), data_path, asdict(cfg.scorer), s.num_inference_steps, s.guidance_scale,
+                                   cfg.train.seed]).encode()).hexdigest()[:10]
+    out = Path(cache_root) / f"spo_scorer_{key}"
+    if (out / "fit.json").exists():
+        return StepAwareCNNScorer.from_pretrained(out).eval().requires_grad_(False), json.loads((out / "fit.json").read_text())
+    lists, _ = load_image_jsonl(data_path)
+    pairs = ranked_to_pairs(lists, "all")
+    scorer, forwards, seconds = fit_cnn_scorer(backend, pairs, cfg, out / "fit_run", log=log)
+    scorer.save_pretrained(out)
+    meta = {"pairs": len(pairs), "unet_forwards": forwards, "seconds": seconds}
+    (out / "fit.json").write_text(json.dumps(meta))
+    return scorer, meta
+
+
+@torch.no_grad()
+def evaluate(backend, prompts: list[str], seed: int = 1234) -> tuple[dict, torch.Tensor]:
+    """Held-out rewards of the backend's current UNet with the deterministic sampler; (metrics, images)."""
+    from prefkit.diffusion.ddim import generate
+    from prefkit.worlds.shapes import HELDOUT_REWARD, LABEL_REWARDS, score_all
+
+    images = generate(backend, prompts, num_steps=EVAL_STEPS, guidance=EVAL_GUIDANCE, eta=0.0, seed=seed)
+    scores = score_all(images, prompts)
+    m = {"geneval": float(scores[HELDOUT_REWARD].mean()),
+         "label_reward": float(torch.stack([scores[r] for r in LABEL_REWARDS]).mean())}
+    m.update({f"reward/{r}": float(scores[r].mean()) for r in LABEL_REWARDS})
+    return m, images
+
+
+def save_grid(rows: dict[str, torch.Tensor], prompts: list[str], path: str | Path, upscale: int = 4) -> None:
+    """One row of images per method (N, 3, H, W) in [-1, 1], prompts as column titles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from prefkit.worlds.shapes.render import to_uint8
+
+    n = len(prompts)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 1.7 * len(rows) + 0.6), squeeze=False)
+    for r, (name, imgs) in enumerate(rows.items()):
+        arr = to_uint8(imgs[:n])
+        for c in range(n):
+            ax = axes[r][c]
+            ax.imshow(arr[c].repeat(upscale, 0).repeat(upscale, 1), interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, fontsize=8)
+            if r == 0:
+                ax.set_title(prompts[c].replace(" of ", " of\n").replace(" above ", "\nabove ").replace(" below ", "\nbelow "),
+                             fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def plot_curves(curves: dict[str, list[dict]], path: str | Path, metric: str = "geneval") -> None:
+    """metric against UNet forward passes and against wall time; curves[name] = [{unet_forwards, wall_s, metric}]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, pts in curves.items():
+        pts = [p for p in pts if metric in p]
+        for ax, x in zip(axes, ("unet_forwards", "wall_s")):
+            ax.plot([p[x] for p in pts], [p[metric] for p in pts], marker="o", ms=3, label=name)
+    axes[0].set_xlabel("training UNet forward passes (per sample, CFG = 2)")
+    axes[1].set_xlabel("training wall time (s)")
+    for ax in axes:
+        ax.set_ylabel(f"held-out {metric}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------- the demo
+@dataclass
+class SPODemoConfig:
+    output_dir: str = "runs/demo-spo"
+    n_data_prompts: int = 128
+    rounds: int = 6
+    prompts_per_round: int = 16
+    n_eval_prompts: int = 64
+    eval_every: int = 2
+    lora_rank: int = 0
+    learning_rate: float = 3e-5
+    seed: int = 0
+    cache_root: str = "runs/cache"
+
+
+def run_demo(dc: SPODemoConfig, log=print) -> list[dict]:
+    from prefkit.config import from_dict
+    from prefkit.diffusion.run_config import load_backend
+    from prefkit.methods.spo import SPORunConfig, make_score_fn_for, prompt_source, train_spo
+    from prefkit.worlds.shapes import sample_prompts
+
+    torch.manual_seed(dc.seed)
+    out = Path(dc.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data_path, data_meta = labelled_data(dc.n_data_prompts, seed=dc.seed, cache_root=dc.cache_root)
+    cfg = from_dict(SPORunConfig, {
+        "model": {"path": "shapes:final", "lora_rank": dc.lora_rank, "lora_targets": "wide"},
+        "scorer": {"fit_data": data_path},
+        "method": {"rounds": dc.rounds, "prompts_per_round": dc.prompts_per_round,
+                   "sampler": {"num_inference_steps": EVAL_STEPS, "guidance_scale": EVAL_GUIDANCE, "num_candidates": 4,
+                               "threshold": 0.3, "eta": 1.0}},
+        "data": {"prompts": "shapes:train", "seed": dc.seed},
+        "train": {"output_dir": str(out / "train"), "seed": dc.seed, "learning_rate": dc.learning_rate, "batch_size": 32,
+                  "lr_scheduler": "constant", "warmup_ratio": 0.0, "weight_decay": 1e-4, "progress_bar": False},
+    })
+    backend, reference = load_backend(cfg.model)
+    scorer, fit_meta = cached_scorer(backend, data_path, cfg, dc.cache_root, log=log)
+    eval_prompts = sample_prompts(dc.n_eval_prompts, seed=99, split="test")
+    grid = {}
+
+    def eval_fn(r, ledger):
+        m, imgs = evaluate(backend, eval_prompts)
+        grid["base" if r == 0 else "spo"] = imgs
+        return m
+
+    res = train_spo(backend, reference, make_score_fn_for(backend, scorer),
+                    prompt_source(cfg.data.prompts, dc.prompts_per_round, dc.seed), cfg,
+                    eval_fn=eval_fn, eval_every=dc.eval_every, log=log)
+    rows = [h for h in res.history if "geneval" in h]
+    keys = ["round", "unet_forwards", "wall_s", "pairs_kept", "geneval", "label_reward"]
+    (out / "results.csv").write_text(",".join(keys) + "\n" + "".join(
+        ",".join(f"{h.get(k, '')}" for k in keys) + "\n" for h in rows))
+    print(f"\nSPO demo (shapes world): labelled data {data_meta['unet_forwards']} UNet forwards, "
+          f"scorer fit {fit_meta['unet_forwards']} UNet forwards on {fit_meta['pairs']} pairs")
+    print(f"{'round':>5} {'UNet fwd':>10} {'wall s':>8} {'pairs':>6} {'geneval':>8} {'label rwd':>9}")
+    for h in rows:
+        print(f"{h['round']:>5} {h['unet_forwards']:>10} {h['wall_s']:>8.1f} {h['pairs_kept']:>6} "
+              f"{h['geneval']:>8.3f} {h['label_reward']:>9.3f}")
+    plot_curves({"spo": rows}, out / "reward_vs_compute.png")
+    save_grid(grid, eval_prompts[:8], out / "grid.png")
+    print(f"\nwrote {out / 'results.csv'}, {out / 'reward_vs_compute.png'}, {out / 'grid.png'}")
+    return rows
+
+
+def cli_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="prefkit demo spo", description=__doc__.split("\n\n")[0])
+    d = SPODemoConfig()
+    for name, val in asdict(d).items():
+        ap.add_argument("--" + name.replace("_", "-"), type=type(val), default=val)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    run_demo(SPODemoConfig(**vars(args)))
+    return 0
