@@ -82,6 +82,10 @@ def test_global_stages_and_variable_k():
             now = [p.meta["gap"] for p in per_list[s] if p.meta["list_index"] == li]
             nxt = [p.meta["gap"] for p in per_list[s + 1] if p.meta["list_index"] == li]
             assert min(now) >= max(nxt)
+    # lists shorter than the number of stages: easy pair first, hardest pair in the last stage
+    short = split_stages(pairs_from_lists([_lst([0.0, 2.0, 1.0], "s"), _lst([1.0, 0.0], "t")], "best_vs_rest"), 3)
+    assert [[(p.chosen, p.rejected) for p in st] for st in short] == [[("s-r1", "s-r0"), ("t-r0", "t-r1")], [],
+                                                                       [("s-r1", "s-r2")]]
     with pytest.raises(ValueError, match="n_stages"):
         split_stages(pairs, 0)
     with pytest.raises(ValueError, match="mode"):
@@ -207,3 +211,35 @@ def test_precomputed_reference_follows_the_refresh_setting(tmp_path, refresh):
         want = seen["stage_policy_logps"][s] if refresh else seen["initial_stage_logps"][s]
         torch.testing.assert_close(seen["stage_ref_logps"][s], want, atol=1e-5, rtol=0)
     assert not torch.allclose(seen["stage_policy_logps"][2], seen["initial_stage_logps"][2], atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["curry_dpo_tiny", "curry_dpo_lora_tiny", "ranked_dpo_tiny"])
+def test_shipped_configs_parse_and_reject_unknown_keys(name):
+    from prefkit.config import ConfigError
+    from prefkit.train.cli_train import load_run_config
+
+    module, cfg = load_run_config(f"configs/{name}.yaml", [])
+    assert cfg.method.name in ("curry_dpo", "ranked_dpo") and module.__name__.endswith(cfg.method.name)
+    with pytest.raises(ConfigError, match="method.n_stage: unknown key; did you mean 'n_stages'"
+                       if "curry" in name else "method.weighing: unknown key; did you mean 'weighting'"):
+        load_run_config(f"configs/{name}.yaml", ["method.n_stage=2" if "curry" in name else "method.weighing=lambda"])
+    if "curry" in name:
+        with pytest.raises(ConfigError, match="ordering"):
+            load_run_config(f"configs/{name}.yaml", ["method.ordering=shortest_first"])
+        with pytest.raises(ConfigError, match="n_stages=3"):
+            load_run_config(f"configs/{name}.yaml", ["data.format=curry_dpo", "method.n_stages=2"])
+
+
+def test_partial_credit_scores_of_the_demo():
+    from prefkit.demos.curry_dpo import score_response
+    from prefkit.worlds.arithmetic.problems import Problem
+
+    p = Problem(start=7, ops=(("+", 5), ("*", 3), ("-", 6)))  # 12, 36, 30
+    right = "Step 1: 7 + 5 = 12\nStep 2: 12 * 3 = 36\nStep 3: 36 - 6 = 30\nThe answer is \\boxed{30}"
+    one_wrong = "Step 1: 7 + 5 = 12\nStep 2: 12 * 3 = 35\nStep 3: 35 - 6 = 29\nThe answer is \\boxed{29}"
+    lucky = "Step 1: 7 + 5 = 13\nStep 2: 13 * 3 = 36\nStep 3: 36 - 6 = 30\nThe answer is \\boxed{30}"
+    s = [score_response(p, t) for t in (right, one_wrong, lucky, "I do not know", "")]
+    assert [x["share"] for x in s] == [1.0, pytest.approx(1 / 3), 0.0, 0.0, 0.0]
+    assert [x["final_correct"] for x in s] == [True, False, True, False, False]
+    # lexicographic: share, then a right final answer, then the shorter text
+    assert s[0]["score"] > s[1]["score"] > s[2]["score"] > s[4]["score"] > s[3]["score"]

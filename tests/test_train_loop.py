@@ -90,3 +90,16 @@ def test_nan_loss_stops_with_step_and_rows(tmp_path, monkeypatch):
         module.run(cfg, log=lambda *a: None)
     assert "checkpoint-2" in str(e.value)
     assert [p.name for p in ckpt_io.list_checkpoints(tmp_path / "run")] == ["checkpoint-2"]
+
+
+def test_eval_and_mfu_are_logged(tmp_path):
+    module, cfg = _cfg(tmp_path, "train.max_steps=4", "train.eval_steps=2", "train.peak_tflops=1.0",
+                       "data.eval_file=examples/data/tiny_pairs.jsonl", "data.limit=16")
+    result = module.run(cfg, log=lambda *a: None)
+    evals = [r for r in result.history if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert all(0.0 <= r["eval_rewards/accuracies"] <= 1.0 for r in evals)
+    train = [r for r in result.history if "loss" in r]
+    assert all(r["mfu"] > 0 for r in train)
+    lines = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
+    assert sum("eval_loss" in l for l in lines) == 2

@@ -103,6 +103,15 @@ def _chunks(seq: list, n: int) -> list[list]:
     return out
 
 
+def _stage_of(d: int, m: int, n_stages: int) -> int:
+    """Stage of the d-th easiest of m pairs of one list. With fewer pairs than stages the pairs are spread
+    from the first stage to the last (a list of 3 answers gives its easy pair to stage 0 and its hard pair
+    to the last stage), so the last stage always holds the hardest pair of every list that has two or more."""
+    if m >= n_stages:
+        return d * n_stages // m
+    return 0 if m == 1 else round(d * (n_stages - 1) / (m - 1))
+
+
 def split_stages(
     pairs: Sequence[Pair],
     n_stages: int,
@@ -114,7 +123,8 @@ def split_stages(
     """Split pairs (from ``pairs_from_lists``) into ``n_stages`` curriculum stages, first stage first.
 
     ``per_list``: inside each list, pairs are ranked easiest first (or shuffled for ``random``) and pair d of
-    M goes to stage ``d * n_stages // M`` (reversed for ``hard_to_easy``). ``global``: ``order_pairs`` then
+    M goes to stage ``d * n_stages // M`` (spread over first..last stage when M < n_stages; reversed for
+    ``hard_to_easy``). ``global``: ``order_pairs`` then
     equal contiguous chunks. Inside a stage, pairs keep dataset order (list index, then difficulty).
     """
     if n_stages < 1:
@@ -139,7 +149,7 @@ def split_stages(
             rng.shuffle(group)
         m = len(group)
         for d, p in enumerate(group):
-            s = d * n_stages // m
+            s = _stage_of(d, m, n_stages)
             stages[n_stages - 1 - s if ordering == "hard_to_easy" else s].append(p)
     return stages
 

@@ -86,6 +86,7 @@ class SafetyEvalConfig:
     prompt_template: str | None = EMBEDDED_PROMPT_TEMPLATE  # None: the model's chat template
     max_new_tokens: int = 96
     batch_size: int = 64
+    max_test: int | None = None  # evaluate a seeded random subset of the attacked test prompts
     arithmetic: bool = True  # embedded world: the general-ability check
     n_arithmetic: int = 300
     arithmetic_max_new_tokens: int = 160
@@ -150,7 +151,10 @@ def evaluate_safety(sampler, split: SafetySplit, benign: Sequence[BenignPrompt],
     """Generate, judge and tabulate. `world`: embedded-world extras (response kinds, arithmetic)."""
     t0 = time.time()
     tok = getattr(sampler, "tokenizer", None)
-    test = split.test
+    test = list(split.test)
+    if cfg.max_test is not None and len(test) > cfg.max_test:
+        import random
+        test = random.Random(cfg.data.seed).sample(test, cfg.max_test)
     responses = generate(sampler, render_prompts([e.question for e in test], cfg.prompt_template, tok),
                          cfg.max_new_tokens)
     verdicts: list[Verdict] = judge.judge([e.question for e in test], responses)

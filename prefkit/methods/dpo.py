@@ -30,6 +30,7 @@ class DataConfig:
     max_prompt_length: int | None = None
     prompt_template: str = "{prompt}"
     limit: int | None = None
+    eval_file: str | None = None  # same format; evaluated every train.eval_steps and at the end
 
     def __post_init__(self):
         if not self.train_file:
@@ -111,11 +112,19 @@ def run(cfg: DPORunConfig, *, resume: bool = False, log=print) -> TrainResult:
     settings = TokenizeSettings(cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.prompt_template)
     groups = tokenize_all(examples, tokenizer, settings, report, cfg.data.skip_invalid)
     log(report.summary())
+    eval_groups = None
+    if cfg.data.eval_file:
+        eval_ex, eval_report = load_preferences(cfg.data.eval_file, format=cfg.data.format, split=cfg.data.split,
+                                                skip_invalid=cfg.data.skip_invalid)
+        eval_groups = tokenize_all(eval_ex, tokenizer, settings, eval_report, cfg.data.skip_invalid)
+        log(eval_report.summary())
     policy = load_causal_lm(cfg.model)
     reference = build_reference(cfg.method.reference, policy, groups, tokenizer.pad_token_id,
                                 cfg.method.reference_cache_dir, cfg.method.backend)
     objective = PairwiseDPO(cfg.method.beta, cfg.method.loss_kind, cfg.method.label_smoothing)
     module = LMPreferenceModule(policy, reference, objective, tokenizer)
+    if cfg.method.reference == "precomputed" and eval_groups:
+        raise ValueError("method.reference=precomputed with data.eval_file: use reference=copy to evaluate")
     trainer = Trainer(cfg.train, module, groups, GroupCollator(tokenizer.pad_token_id, cfg.method.backend),
-                      run_config=asdict(cfg) | {"data_report": report.summary()}, log=log)
+                      eval_dataset=eval_groups, run_config=asdict(cfg) | {"data_report": report.summary()}, log=log)
     return trainer.train(resume=resume)

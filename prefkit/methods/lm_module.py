@@ -33,6 +33,14 @@ class LMPreferenceModule(torch.nn.Module):
         loss, metrics = self.objective(out.logps, ref_logps.to(out.logps.dtype), batch["labels"], batch["mask"])
         return loss, metrics
 
+    def flops(self, batch: dict) -> torch.Tensor:
+        """Model FLOPs of one step on this batch: 6 N per policy token (forward + backward) + 2 N per
+        reference token (forward), N = linear weights including the output layer (the ANCHORS.md convention)."""
+        if not hasattr(self, "_n_linear"):
+            self._n_linear = sum(m.weight.numel() for m in self.policy.modules() if isinstance(m, torch.nn.Linear))
+        ref_factor = 0 if getattr(self.ref, "kind", "") == "precomputed" else 2
+        return batch["n_tokens"].float() * (6 + ref_factor) * self._n_linear
+
     def save_pretrained(self, path) -> None:
         self.policy.save_pretrained(str(path), safe_serialization=True)
         if self.tokenizer is not None:

@@ -25,6 +25,8 @@ class TrainConfig:
     save_steps: int = 0  # 0 = only the final checkpoint
     save_total_limit: int = 2
     overwrite: bool = False
+    eval_steps: int = 0  # evaluate every this many optimizer steps (0 = only at the end) when there is eval data
+    peak_tflops: float = 0.0  # > 0: log `mfu` = model FLOPs / (wall time x this peak x processes)
     tensorboard: bool = False
     progress_bar: bool = True
 

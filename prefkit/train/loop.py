@@ -96,8 +96,9 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, module: torch.nn.Module, train_dataset, collate_fn,
-                 *, run_config: dict | None = None, accelerator: Accelerator | None = None, log=print):
+                 *, eval_dataset=None, run_config: dict | None = None, accelerator: Accelerator | None = None, log=print):
         self.cfg, self.module, self.dataset, self.collate_fn = cfg, module, train_dataset, collate_fn
+        self.eval_dataset = eval_dataset
         self.run_config, self.log = run_config, log
         self.accelerator = accelerator or make_accelerator(cfg)
         self.out = Path(cfg.output_dir)
@@ -119,6 +120,10 @@ class Trainer:
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
         self.model, self.optimizer, self.dl = acc.prepare(self.module, self.optimizer, dl)
+        self.eval_dl = None
+        if self.eval_dataset is not None and len(self.eval_dataset):
+            self.eval_dl = acc.prepare_data_loader(
+                DataLoader(self.eval_dataset, batch_size=cfg.batch_size, shuffle=False, collate_fn=self.collate_fn))
         self.micro_per_epoch = len(self.dl)
         self.steps_per_epoch = max(1, math.ceil(self.micro_per_epoch / cfg.grad_accum_steps))
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else self.steps_per_epoch * cfg.num_epochs
@@ -166,6 +171,8 @@ class Trainer:
         vals = [torch.stack(window["metrics"][n]).float().mean() for n in names]
         if window.get("grad_norm") is not None:
             names, vals = names + ["grad_norm"], vals + [window["grad_norm"].detach().float().reshape(())]
+        if self.cfg.peak_tflops > 0:
+            names, vals = names + ["_flops"], vals + [window["flops"].float()]
         packed = torch.stack([losses.float().mean(), *vals, window["tokens"].float(), window["samples"].float()])
         finite = torch.isfinite(losses).all()
         packed_all = acc.gather(torch.cat([packed, finite.float()[None]])[None])  # (P, n)
@@ -183,6 +190,8 @@ class Trainer:
         dt = max(time.perf_counter() - t0, 1e-9)
         rec = {"step": step, "epoch": round(step / self.steps_per_epoch, 4), "loss": mean[0]}
         rec.update({n: v for n, v in zip(names, mean[1:])})
+        if "_flops" in rec:  # mean over processes x processes = total FLOPs in the window
+            rec["mfu"] = rec.pop("_flops") * acc.num_processes / dt / (self.cfg.peak_tflops * 1e12 * acc.num_processes)
         rec.update({"lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens / dt, "samples_per_s": samples / dt})
         if acc.is_main_process:
             with open(self.out / "metrics.jsonl", "a") as f:
@@ -245,6 +254,8 @@ class Trainer:
                             rec = self._flush(step, window, t0, pbar)
                             history.append(rec)
                             window, t0 = self._new_window(step), time.perf_counter()
+                        if self.eval_dl is not None and (done or (cfg.eval_steps > 0 and step % cfg.eval_steps == 0)):
+                            history.append(self.evaluate(step))
                         if saving or done:
                             at_epoch_end = micro >= self.micro_per_epoch
                             last_ckpt = self._save(step, epoch + 1 if at_epoch_end else epoch, 0 if at_epoch_end else micro)
@@ -263,10 +274,33 @@ class Trainer:
         acc.wait_for_everyone()
         return TrainResult(step, str(self.out), history, str(last_ckpt) if last_ckpt else None)
 
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict:
+        """Mean of the module's loss and metrics over the eval set, logged with an `eval_` prefix."""
+        acc = self.accelerator
+        self.model.eval()
+        sums: dict[str, torch.Tensor] = {}
+        n = torch.zeros((), device=acc.device)
+        for batch in self.eval_dl:
+            loss, metrics = self.model(batch)
+            for k, v in {"loss": loss, **metrics}.items():
+                sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.detach().float()
+            n += 1
+        self.model.train()
+        names = sorted(sums)
+        totals = acc.reduce(torch.stack([sums[k] for k in names] + [n]), reduction="sum").tolist()
+        rec = {"step": step, **{f"eval_{k}": v / max(totals[-1], 1) for k, v in zip(names, totals[:-1])}}
+        if acc.is_main_process:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            self.log(f"[prefkit] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in rec.items() if k != "step"))
+        return rec
+
     def _new_window(self, step: int) -> dict:
         dev = self.accelerator.device
         return {"losses": [], "metrics": {}, "rows": [], "first_step": step + 1,
-                "tokens": torch.zeros((), device=dev), "samples": torch.zeros((), device=dev), "grad_norm": None}
+                "tokens": torch.zeros((), device=dev), "samples": torch.zeros((), device=dev), "grad_norm": None,
+                "flops": torch.zeros((), device=dev)}
 
     def _record(self, window: dict, loss, metrics: dict, batch) -> None:
         window["losses"].append(loss.detach())
@@ -279,3 +313,7 @@ class Trainer:
                 window["tokens"] += batch["n_tokens"]
             if "mask" in batch:
                 window["samples"] += batch["mask"].shape[0]
+            if self.cfg.peak_tflops > 0:
+                flops = getattr(self.accelerator.unwrap_model(self.model), "flops", None)
+                if flops is not None:
+                    window["flops"] += flops(batch)
