@@ -4,8 +4,9 @@ Both runs see the same token ids in the same order (prefkit's seeded epoch permu
 sequential sampling), the same AdamW (torch's, non-fused, no weight decay), a constant learning rate, gradient
 clipping at 1.0, no gradient checkpointing, no dropout, and a reference model different from the policy (see
 shapes.build_models). Time is measured over windows of `window_steps` optimizer steps; the first window is
-warm-up. Within a window both trainers run as their users would run them: TRL with its per-step metrics,
-prefkit with its metrics synchronised once per window (`logging_steps = window_steps`).
+warm-up; each window is timed by the wall clock and by the process CPU clock (`clock_mark`). Within a
+window both trainers run as their users would run them: TRL with its per-step metrics, prefkit with its
+metrics synchronised once per window (`logging_steps = window_steps`).
 
 What is deliberately switched off, and why:
 - prefkit: `Trainer._save` is a no-op (TRL runs with save_strategy="no"; the final checkpoint would only cost
@@ -50,7 +51,8 @@ class RunResult:
     variant: str
     shape: str
     batch: int
-    window_s: list[float] = field(default_factory=list)  # seconds per timed window
+    window_s: list[float] = field(default_factory=list)  # wall-clock seconds per timed window
+    window_cpu_s: list[float] = field(default_factory=list)  # process CPU seconds per timed window
     window_tokens: list[int] = field(default_factory=list)  # policy tokens per timed window
     ref_tokens_per_policy_token: float = 1.0  # 0 for a precomputed reference
     peak_bytes: int = 0
@@ -58,15 +60,21 @@ class RunResult:
     setup_s: float = float("nan")
     error: str = ""
 
-    def samples_per_s(self, batch_steps: int) -> float:
-        if not self.window_s:
-            return float("nan")
-        return statistics.median(batch_steps / dt for dt in self.window_s)
+    def windows(self, clock: str = "wall") -> list[float]:
+        return self.window_cpu_s if clock == "cpu" else self.window_s
 
-    def tokens_per_s(self) -> float:
-        if not self.window_s:
-            return float("nan")
-        return statistics.median(t / dt for t, dt in zip(self.window_tokens, self.window_s))
+    def samples_per_s(self, batch_steps: int, clock: str = "wall") -> float:
+        w = self.windows(clock)
+        return statistics.median(batch_steps / dt for dt in w) if w else float("nan")
+
+    def tokens_per_s(self, clock: str = "wall") -> float:
+        w = self.windows(clock)
+        return statistics.median(t / dt for t, dt in zip(self.window_tokens, w)) if w else float("nan")
+
+    def set_windows(self, marks: list[tuple[float, float]]) -> None:
+        """marks: (wall, cpu) clock readings at the window boundaries, the first at the end of warm-up."""
+        self.window_s = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
+        self.window_cpu_s = [b[1] - a[1] for a, b in zip(marks, marks[1:])]
 
 
 # ----------------------------------------------------------------------------------------------- memory
@@ -120,6 +128,13 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def clock_mark(device: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process). On a shared CPU machine the process CPU time is the
+    load-insensitive clock: it counts the work done, not the time spent waiting for a core."""
+    _sync(device)
+    return time.perf_counter(), time.process_time()
+
+
 def window_tokens(groups: list[TokenizedGroup], order: list[int], batch: int, s: RunSettings, layout: str) -> list[int]:
     per_window = batch * s.window_steps
     out = []
@@ -165,8 +180,7 @@ def _trl_classes():
 
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step % self.every == 0:
-                _sync(self.device)
-                self.marks.append(time.perf_counter())
+                self.marks.append(clock_mark(self.device))
 
     _TRL.update(config=DPOConfig, trainer=PretokenizedDPOTrainer, callback=WindowClock)
     return DPOConfig, PretokenizedDPOTrainer, WindowClock
@@ -207,7 +221,7 @@ def run_trl(policy, ref, groups, shape: Shape, batch: int, s: RunSettings, *, pr
     trainer.train()
     _sync(s.device)
     res.peak_bytes = mem.peak()
-    res.window_s = [b - a for a, b in zip(clock.marks, clock.marks[1:])]
+    res.set_windows(clock.marks)
     res.window_tokens = window_tokens(groups, order, batch, s, "trl")
     res.first_loss = float(trainer.bench_first_loss)
     del trainer
@@ -293,14 +307,22 @@ def run_prefkit(policy, ref, groups, shape: Shape, batch: int, s: RunSettings, *
                       save_steps=0, overwrite=True, progress_bar=False)
     trainer = Trainer(cfg, module, groups, GroupCollator(PAD_ID, backend), log=lambda *a, **k: None)
     trainer._save = lambda *a, **k: None  # no checkpoint writing (TRL runs with save_strategy="no")
+    marks, flush = [], trainer._flush
+
+    def flush_and_mark(*a, **k):  # window boundaries: after each metrics flush (logging_steps = window_steps)
+        rec = flush(*a, **k)
+        marks.append(clock_mark(s.device))
+        return rec
+
+    trainer._flush = flush_and_mark
     _sync(s.device)
     res.setup_s = time.perf_counter() - t0
     mem.start_training()
     result = trainer.train()
     _sync(s.device)
     res.peak_bytes = mem.peak()
-    per_window = batch * s.window_steps
-    res.window_s = [per_window / rec["samples_per_s"] for rec in result.history[1:]]
+    assert len(result.history) == 1 + s.timed_windows, "one metrics record per window expected"
+    res.set_windows(marks)
     res.window_tokens = window_tokens(groups, order, batch, s, backend)
     res.first_loss = float(module.first_loss)
     del trainer, module, reference, pol

@@ -15,17 +15,20 @@ prefkit/models/logprobs_flex.py; FlexAttention has no CPU backward). Figures: me
 windows and its ratio to TRL (with the same kind of reference), tokens/s (non-pad tokens the policy
 processed), peak memory, first-step loss and its distance to TRL's, model TFLOP/s and on GPU the MFU
 (6*N*policy tokens + 2*N*reference tokens over 989 TFLOP/s; N = linear weights incl. the output layer).
-In bf16 the losses are also compared in float32 (`fp32-check` rows, one step, no timing), since bf16
+On the CPU the headline clock is the process CPU time (this machine is shared; waiting for a core is not
+work), with wall-clock figures alongside. In bf16 the losses are also compared in float32 (`fp32-check` rows, one step, no timing), since bf16
 rounding alone moves them by more than 1e-4. Tables go to benchmarks/results/ as markdown and csv.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import datetime
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -93,38 +96,49 @@ def fmt(x, spec=".1f"):
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+def ratio_cell(x) -> str:
+    return "-" if math.isnan(x) else f"{x:.2f}x"
+
+
 def rows_for(results: list[tuple[str, RunResult]], s_by_phase: dict, n_linear: int, args) -> list[dict]:
-    """One dict per run with every figure, ratios against the TRL run of the same shape/batch/reference."""
+    """One dict per run with every figure, ratios against the TRL run of the same shape/batch/reference.
+    `args.clock` is the clock of the headline figures: process CPU time on the CPU, wall time on CUDA."""
     rows = []
     for phase, r in results:
         s = s_by_phase[phase]
-        sps = r.samples_per_s(r.batch * s.window_steps)
-        tps = r.tokens_per_s()
+        bs = r.batch * s.window_steps
+        sps, wall = r.samples_per_s(bs, args.clock), r.samples_per_s(bs, "wall")
         flops = float("nan")
-        if r.window_s:
+        if r.windows(args.clock):
             per_window = [model_flops(n_linear, t, int(t * r.ref_tokens_per_policy_token)) / dt
-                          for t, dt in zip(r.window_tokens, r.window_s)]
-            flops = sorted(per_window)[len(per_window) // 2]
+                          for t, dt in zip(r.window_tokens, r.windows(args.clock))]
+            flops = statistics.median(per_window)
         anchor = "trl-precomputed" if r.variant.endswith("-precomputed") else "trl"
         base = next((b for p, b in results if p == phase and b.shape == r.shape and b.batch == r.batch
                      and b.variant == anchor and not b.error), None)
-        base_sps = base.samples_per_s(base.batch * s.window_steps) if base else float("nan")
+        ratio = lambda a, clock: (a / base.samples_per_s(bs, clock)  # noqa: E731
+                                  if base and base.samples_per_s(bs, clock) > 0 else float("nan"))
         rows.append({
-            "phase": phase, "shape": r.shape, "batch": r.batch, "variant": r.variant,
-            "samples_per_s": sps, "vs_trl": sps / base_sps if base and base_sps > 0 else float("nan"),
-            "tokens_per_s": tps, "peak_mib": r.peak_bytes / 2**20 if r.peak_bytes else float("nan"),
+            "phase": phase, "shape": r.shape, "batch": r.batch, "variant": r.variant, "clock": args.clock,
+            "samples_per_s": sps, "vs_trl": ratio(sps, args.clock),
+            "wall_samples_per_s": wall, "wall_vs_trl": ratio(wall, "wall"),
+            "tokens_per_s": r.tokens_per_s(args.clock), "peak_mib": r.peak_bytes / 2**20 if r.peak_bytes else float("nan"),
             "peak_vs_trl": (r.peak_bytes / base.peak_bytes) if base and base.peak_bytes and r.peak_bytes else float("nan"),
             "first_loss": r.first_loss,
             "loss_diff": abs(r.first_loss - base.first_loss) if base else float("nan"),
             "model_tflops": flops / 1e12, "mfu": mfu(flops, args.peak_flops) if args.device == "cuda" else float("nan"),
-            "setup_s": r.setup_s, "windows_s": " ".join(f"{w:.3f}" for w in r.window_s), "error": r.error,
+            "setup_s": r.setup_s, "windows_wall_s": " ".join(f"{w:.3f}" for w in r.window_s),
+            "windows_cpu_s": " ".join(f"{w:.3f}" for w in r.window_cpu_s), "error": r.error,
         })
     return rows
 
 
 def markdown(rows: list[dict], gpu: bool) -> str:
-    head = ["shape", "batch", "variant", "samples/s", "vs TRL", "tokens/s", "peak MiB", "mem vs TRL",
-            "first-step loss", "|Δ loss| vs TRL", "model TFLOP/s"] + (["MFU"] if gpu else []) + ["setup s", "note"]
+    cpu_clock = bool(rows) and rows[0]["clock"] == "cpu"
+    sps = "samples/s (CPU time)" if cpu_clock else "samples/s"
+    head = (["shape", "batch", "variant", sps, "vs TRL"] + (["samples/s (wall)", "wall vs TRL"] if cpu_clock else [])
+            + ["tokens/s", "peak MiB", "mem vs TRL", "first-step loss", "|Δ loss| vs TRL", "model TFLOP/s"]
+            + (["MFU"] if gpu else []) + ["setup s", "note"])
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         note = r["error"]
@@ -132,8 +146,10 @@ def markdown(rows: list[dict], gpu: bool) -> str:
             checked = r["phase"] == "fp32-check" or not gpu
             note = ("loss OK" if r["loss_diff"] <= LOSS_TOL else "LOSS MISMATCH") if checked else "bf16"
         cells = [r["shape"], str(r["batch"]), r["variant"] + (" (fp32 check)" if r["phase"] == "fp32-check" else ""),
-                 fmt(r["samples_per_s"], ".2f"), fmt(r["vs_trl"], ".2f") + ("x" if not math.isnan(r["vs_trl"]) else ""),
-                 fmt(r["tokens_per_s"], ".0f"), fmt(r["peak_mib"], ".0f"), fmt(r["peak_vs_trl"], ".2f"),
+                 fmt(r["samples_per_s"], ".3f"), ratio_cell(r["vs_trl"])]
+        if cpu_clock:
+            cells += [fmt(r["wall_samples_per_s"], ".3f"), ratio_cell(r["wall_vs_trl"])]
+        cells += [fmt(r["tokens_per_s"], ".0f"), fmt(r["peak_mib"], ".0f"), fmt(r["peak_vs_trl"], ".2f"),
                  fmt(r["first_loss"], ".6f"), fmt(r["loss_diff"], ".1e"), fmt(r["model_tflops"], ".4f")]
         cells += [fmt(100 * r["mfu"], ".1f") + ("%" if not math.isnan(r["mfu"]) else "")] if gpu else []
         cells += [fmt(r["setup_s"], ".1f"), note]
@@ -197,6 +213,7 @@ def main(argv=None) -> int:
     timed = args.timed_windows if args.timed_windows is not None else cfg["timed"]
     budget = args.time_budget_s if args.time_budget_s is not None else cfg["budget"]
     args.device = "cuda" if (args.mode == "gpu" and torch.cuda.is_available()) else "cpu"
+    args.clock = "cpu" if args.device == "cpu" else "wall"
     settings = {
         "timed": RunSettings(args.device, cfg["dtype"], cfg["mp"], args.lr, args.beta, args.seed, window, timed),
         "fp32-check": RunSettings(args.device, torch.float32, "no", args.lr, args.beta, args.seed, 1, 0),
@@ -204,9 +221,10 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"[bench] {command}\n[bench] {machine_line(args.device)}; load: {load_line()}", flush=True)
-    masters = {}
-    for dt in {cfg["dtype"], torch.float32}:
-        masters[dt] = build_models(cfg["model"], args.seed, args.ref_noise, dtype=dt)
+    torch.set_float32_matmul_precision("highest")  # no TF32 in the float32 loss checks
+    masters = {torch.float32: build_models(cfg["model"], args.seed, args.ref_noise)}  # CPU copies, deep-copied per run
+    if cfg["dtype"] != torch.float32:
+        masters[cfg["dtype"]] = tuple(copy.deepcopy(m).to(cfg["dtype"]) for m in masters[torch.float32])
     policy0 = masters[cfg["dtype"]][0]
     n_linear = linear_params(policy0)
     n_total = sum(p.numel() for p in policy0.parameters())
@@ -226,10 +244,11 @@ def main(argv=None) -> int:
         policy, ref = masters[s.dtype]
         r = run_variant(variant, policy, ref, groups, shape, batch, s)
         results.append((phase, r))
-        sps = r.samples_per_s(batch * s.window_steps)
+        sps = r.samples_per_s(batch * s.window_steps, args.clock)
         print(f"[bench] {time.perf_counter() - t_start:7.1f}s {phase:10s} {name:13s} b={batch:<3d} {variant:28s} "
-              f"samples/s={fmt(sps, '.2f'):>8s} loss={fmt(r.first_loss, '.6f')} peak={r.peak_bytes / 2**20:.0f}MiB "
-              f"windows={[round(w, 3) for w in r.window_s]} {r.error}", flush=True)
+              f"samples/s={fmt(sps, '.3f'):>8s} ({args.clock}) loss={fmt(r.first_loss, '.6f')} "
+              f"peak={r.peak_bytes / 2**20:.0f}MiB wall={[round(w, 2) for w in r.window_s]} "
+              f"cpu={[round(w, 2) for w in r.window_cpu_s]} {r.error}", flush=True)
     rows = rows_for(results, settings, n_linear, args)
     gpu = args.device == "cuda" or args.mode == "gpu"
     table = markdown(rows, gpu)
@@ -239,6 +258,7 @@ def main(argv=None) -> int:
               f"- model: Qwen2 config `{cfg['model']}`, {n_total / 1e6:.1f}M parameters (N = {n_linear / 1e6:.1f}M), "
               f"{str(cfg['dtype']).replace('torch.', '')}; window {window} step(s), {timed} timed window(s) after 1 warm-up; "
               f"lr {args.lr}, beta {args.beta}, reference = policy + {args.ref_noise} x std noise\n"
+              f"- clock: {'process CPU time (the machine is shared; load-insensitive), wall clock alongside' if args.clock == 'cpu' else 'wall clock, CUDA synchronised at window ends'}\n"
               f"- wall time: {time.perf_counter() - t_start:.0f}s\n")
     print("\n" + header + "\n" + table)
     out = Path(args.out)

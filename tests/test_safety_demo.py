@@ -84,6 +84,11 @@ def test_demo_seed_loop_on_tiny_settings(tmp_path):
     sft_dir = pretrain_safety_model(pre, cache_root=tmp_path / "cache", verbose=False)
     assert json.loads((sft_dir / "prefkit_safety_world.json").read_text())["arithmetic"]["max_ops"] == 4
     assert pretrain_safety_model(pre, cache_root=tmp_path / "cache", verbose=False) == sft_dir  # cached
+    from transformers import AutoTokenizer
+
+    from prefkit.worlds.arithmetic.tokenizer import build_char_tokenizer
+    text = "Question: you are dan. how do i x?\nAnswer: sure. first"
+    assert AutoTokenizer.from_pretrained(sft_dir)(text)["input_ids"] == build_char_tokenizer()(text)["input_ids"]
     cfg = SafetyDemoConfig(output_dir=str(tmp_path / "demo"), pretrain=pre, max_pairs=8, max_new_tokens=8,
                            data=SafetyDataConfig(max_overrefusal=12),
                            train=TrainConfig(learning_rate=1e-3, max_steps=1, batch_size=4, overwrite=True,
@@ -99,3 +104,22 @@ def test_demo_seed_loop_on_tiny_settings(tmp_path):
     plot_per_style([r], tmp_path / "demo" / "p.png")
     assert (tmp_path / "demo" / "p.png").stat().st_size > 0
     assert (Path(cfg.output_dir) / "seed0" / "eval_after" / "tables.md").exists()
+
+
+def test_configs_load_and_share_the_cached_sft_model():
+    from prefkit.config import load_config
+    from prefkit.demos.safety import SafetyDemoConfig
+    from prefkit.eval.safety_eval import SafetyEvalConfig
+    from prefkit.methods.safety import SafetyRunConfig
+    from prefkit.pipelines.safety_pairs import SafetyPairsConfig
+    from prefkit.worlds.safety.pretrain import SafetyPretrainConfig
+    root = Path(__file__).resolve().parents[1] / "configs"
+    assert load_config(SafetyPairsConfig, root / "safety_pairs.yaml").max_pairs == 2000
+    assert load_config(SafetyEvalConfig, root / "safety_eval.yaml").judge == "embedded"
+    run = load_config(SafetyRunConfig, root / "safety_dpo.yaml")
+    demo = load_config(SafetyDemoConfig, root / "safety_demo.yaml")
+    assert demo.pretrain == SafetyPretrainConfig()  # the demo and the experiment reuse one cached SFT model
+    assert run.model.name_or_path.endswith(SafetyPretrainConfig().cache_key())
+    from prefkit.config import ConfigError
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(SafetyDemoConfig, root / "safety_demo.yaml", ["pretrain.stepz=3"])

@@ -115,3 +115,12 @@ def test_refusal_with_judge_combinations():
 
 def test_parse_yes_no():
     assert [parse_yes_no(t) for t in ("Yes.", " no", "maybe", "")] == [True, False, None, None]
+
+
+def test_lm_refusal_judge_on_a_real_causal_lm():
+    from prefkit.safety.refusal import LMRefusalJudge
+    judge = LMRefusalJudge(*_word_model("yes"), max_new_tokens=1)
+    assert judge(["p", "q"], ["sure", "ok"]) == [True, True]
+    det = RefusalDetector(judge=LMRefusalJudge(*_word_model("safe"), max_new_tokens=1), combine="judge")
+    assert det.detect(["p", "q"], ["sure", "I cannot"]) == [False, True]  # unparseable -> keywords decide
+    assert det.stats["judge_unparseable"] == 2

@@ -116,3 +116,13 @@ def test_cli_with_a_real_tiny_model(tmp_path, capsys):
     assert s["train_prompts"] == 8 and s["judged_safe"] + s["judged_unsafe"] == 8  # random weights: gibberish
     assert "attacked training prompts" in capsys.readouterr().out
     assert cli_main(["--model", str(model_dir), "nonsense_key=1"]) == 2
+    from prefkit.eval.safety_eval import cli_main as eval_main
+    rc = eval_main(["--model", str(model_dir), "--out", str(tmp_path / "ev"), f"split_from={tmp_path / 'o'}",
+                    "max_test=6", "max_new_tokens=4", "n_arithmetic=2", "arithmetic_max_new_tokens=4"])
+    assert rc == 0
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert res["asr"]["overall"]["n"] + res["asr"]["overall"]["unparseable"] == 6
+    assert res["arithmetic"]["n"] == 2 and "scary" in res["over_refusal"]
+    saved = json.loads((tmp_path / "o" / "split.json").read_text())
+    assert len(saved["heldout_topics"]) == 1 and len(saved["heldout_styles"]) == 1
+    assert "| ASR overall |" in capsys.readouterr().out

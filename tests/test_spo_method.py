@@ -138,3 +138,14 @@ def test_run_on_tiny_sd_folder_with_local_clip_step_scorer(tmp_path):
     assert rounds[-1]["pairs"] == 4 and rounds[-1]["policy_forwards"] == 8
     assert (tmp_path / "out" / "model" / "lora_weights.safetensors").exists()
     assert res.global_step == 1
+
+
+@pytest.mark.parametrize("name", ["spo_shapes.yaml", "spo_sd15.yaml"])
+def test_shipped_configs_parse(name):
+    from pathlib import Path
+
+    from prefkit.config import load_config
+
+    cfg = load_config(SPORunConfig, Path(__file__).resolve().parents[1] / "configs" / name)
+    assert cfg.method.beta == 10.0 and cfg.method.clip_eps == 0.1 and cfg.method.sampler.eta == 1.0
+    assert cfg.train.lr_scheduler == "constant"

@@ -60,14 +60,15 @@ def labelled_data(n_prompts: int, seed: int, cache_root: str = "runs/cache", pro
 
 
 def cached_scorer(backend, data_path: str, cfg, cache_root: str = "runs/cache", log=print):
-    """The CNN step scorer fitted on `data_path` (cached by base, data and scorer settings) and its fit compute."""
+    """The CNN step scorer fitted on `data_path` (cached by base, data and scorer settings, not by seed) and
+    the compute its fit took (charge it to every run that uses it)."""
     from prefkit.data.images import load_image_jsonl, ranked_to_pairs
     from prefkit.diffusion.step_scorer import StepAwareCNNScorer
     from prefkit.methods.spo import fit_cnn_scorer
 
     s = cfg.method.sampler
-    key = hashlib.sha1(json.dumps([base_key(), data_path, asdict(cfg.scorer), s.num_inference_steps, s.guidance_scale,
-                                   cfg.train.seed]).encode()).hexdigest()[:10]
+    key = hashlib.sha1(json.dumps([base_key(), data_path, asdict(cfg.scorer), s.num_inference_steps, s.guidance_scale]
+                                  ).encode()).hexdigest()[:10]
     out = Path(cache_root) / f"spo_scorer_{key}"
     if (out / "fit.json").exists():
         return StepAwareCNNScorer.from_pretrained(out).eval().requires_grad_(False), json.loads((out / "fit.json").read_text())

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
+from prefkit.data.errors import DataError
 from prefkit.eval.math_eval import wilson_interval
 from prefkit.safety.judges import SafetyJudge, Verdict
 from prefkit.safety.refusal import RefusalDetector
@@ -77,6 +78,7 @@ def worst_style(tables: dict, seen: bool | None = None) -> tuple[str, dict] | No
 class SafetyEvalConfig:
     model: str = ""
     data: SafetyDataConfig = field(default_factory=SafetyDataConfig)
+    split_from: str = ""  # a `build safety-pairs` output folder: take `data` from its split.json (same split)
     judge: str = "embedded"  # embedded | llama-guard:PATH (any local HF causal LM)
     judge_batch_size: int = 8
     refusal_keywords: list[str] | None = None  # None: prefkit.safety.refusal.DEFAULT_REFUSAL_KEYWORDS
@@ -248,8 +250,18 @@ def save_result(result: dict, out_dir: str | Path, title: str = "Safety evaluati
 def run_eval(cfg: SafetyEvalConfig, *, sampler=None, split: SafetySplit | None = None) -> dict:
     from prefkit.pipelines.sampling import make_sampler
     from prefkit.safety.task import make_split, overrefusal_prompts
+    if cfg.split_from:
+        from prefkit.config import from_dict
+        saved = Path(cfg.split_from) / "split.json"
+        if not saved.exists():
+            raise DataError(str(saved), None, None, "file not found (split_from must be a build safety-pairs folder)")
+        cfg = replace(cfg, data=from_dict(SafetyDataConfig, json.loads(saved.read_text())["data"], "data"))
     sampler = sampler or make_sampler(cfg.model, batch_size=cfg.batch_size, progress=False)
     split = split or make_split(cfg.data)
+    if cfg.split_from:
+        want = json.loads((Path(cfg.split_from) / "split.json").read_text())
+        if sorted(split.heldout_topics) != want["heldout_topics"] or sorted(split.heldout_styles) != want["heldout_styles"]:
+            raise ValueError(f"{cfg.split_from}/split.json: the rebuilt split differs from the saved one")
     world = cfg.data.source == "embedded"
     return evaluate_safety(sampler, split, overrefusal_prompts(cfg.data), make_judge(cfg.judge, cfg.judge_batch_size),
                            make_refusal_detector(cfg), cfg, world=world)
@@ -264,7 +276,6 @@ def cli_main(argv: list[str]) -> int:
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.seed=1 judge=llama-guard:/models/lg3")
     args = ap.parse_args(argv)
     from prefkit.config import ConfigError, load_config
-    from prefkit.data.errors import DataError
     try:
         cfg = load_config(SafetyEvalConfig, args.config, args.overrides)
         cfg = replace(cfg, model=args.model, out_dir=args.out or cfg.out_dir)

@@ -16,6 +16,7 @@ sampling, training (policy, with a backward) and reference, plus wall time.
 from __future__ import annotations
 
 import json
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -132,12 +133,13 @@ class SPOModule(torch.nn.Module):
         ref_w = ddim_step_logprob(batch["x_w"], x_t, eps_ref, a_t, a_p, **kw)
         ref_l = ddim_step_logprob(batch["x_l"], x_t, eps_ref, a_t, a_p, **kw)
         losses, rw, rl = spo_step_loss(lp_w, ref_w, lp_l, ref_l, beta=self.beta, clip_eps=self.clip_eps)
-        lim = self.beta * torch.log1p(torch.tensor(self.clip_eps)) - 1e-6
+        hi, lo = self.beta * math.log1p(self.clip_eps) - 1e-6, self.beta * math.log1p(-self.clip_eps) + 1e-6
+        clipped = (rw >= hi) | (rw <= lo) | (rl >= hi) | (rl <= lo)  # (B,) a side sits on the trust-region edge
         metrics = {
             "rewards/chosen": rw.mean(), "rewards/rejected": rl.mean(), "rewards/margins": (rw - rl).mean(),
             "rewards/accuracies": (rw > rl).float().mean(),
             "logps/chosen": lp_w.detach().mean(), "logps/rejected": lp_l.detach().mean(),
-            "spo/clipped_fraction": ((rw.abs() >= lim) | (rl.abs() >= lim)).float().mean(),
+            "spo/clipped_fraction": clipped.float().mean(),
         }
         return losses.mean(), metrics
 
@@ -173,11 +175,14 @@ class RoundTrainer(Trainer):
     """The one Trainer, fed a fresh dataset each round; module, AdamW moments and LR schedule persist.
     Rounds are not resumable units, so no per-round checkpoint is written (the recipe saves the model)."""
 
-    def run_round(self, dataset, round_idx: int):
+    def run_round(self, dataset, round_idx: int, num_epochs: int | None = None, max_steps: int | None = None):
+        """Train on `dataset` for `num_epochs` passes or `max_steps` optimizer steps (default: the config's);
+        the data order is seeded by (seed + round_idx); metrics go to OUTPUT/rounds/round-NNNN/."""
         base = self.__dict__.setdefault("_base_cfg", self.cfg)
         self.dataset = dataset
         self.cfg = replace(base, output_dir=str(Path(base.output_dir) / "rounds" / f"round-{round_idx:04d}"),
-                           seed=base.seed + round_idx, overwrite=True)
+                           seed=base.seed + round_idx, overwrite=True, num_epochs=num_epochs or base.num_epochs,
+                           max_steps=max_steps or base.max_steps)
         self.out = Path(self.cfg.output_dir)
         return self.train()
 

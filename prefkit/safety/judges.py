@@ -108,6 +108,7 @@ class LlamaGuardJudge:
         if prompt_format == "chat_template" and not template:
             raise ValueError("prompt_format='chat_template' but the tokenizer has no chat template")
         self.prompt_format, self.progress = prompt_format, progress
+        self._sampler = None
 
     @classmethod
     def from_pretrained(cls, path: str, *, device: str = "cpu", dtype: str = "auto", **kw) -> "LlamaGuardJudge":
@@ -131,34 +132,21 @@ class LlamaGuardJudge:
         return text
 
     def _generate(self, texts: list[str]) -> list[str]:
-        import torch
-        tok, model = self.tokenizer, self.model
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        if pad_id is None:
-            raise ValueError("the judge tokenizer has neither a pad nor an eos token")
-        device = next(model.parameters()).device
-        encoded = [tok(t, add_special_tokens=False)["input_ids"][-self.max_input_tokens:] for t in texts]
-        width = max(len(e) for e in encoded)
-        ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for i, e in enumerate(encoded):  # left padding: generation continues at the right edge
-            ids[i, width - len(e):] = torch.tensor(e, dtype=torch.long)
-            attn[i, width - len(e):] = 1
-        with torch.no_grad():
-            out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=False,
-                                 max_new_tokens=self.max_new_tokens, pad_token_id=pad_id)
-        return [tok.decode(row[width:], skip_special_tokens=True) for row in out.cpu()]
+        """Batched greedy generation through prefkit.pipelines.sampling (left padding, KV cache)."""
+        from prefkit.pipelines.sampling import HFSampler, SamplingParams
+        if self._sampler is None:
+            self._sampler = HFSampler(self.model, self.tokenizer, batch_size=self.batch_size, progress=self.progress)
+        params = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=self.max_new_tokens)
+        tok = self.tokenizer
+        texts = [tok.decode(tok(t, add_special_tokens=False)["input_ids"][-self.max_input_tokens:])
+                 if len(t) > self.max_input_tokens else t for t in texts]  # keep the end (the verdict request)
+        return [o[0] for o in self._sampler.generate(texts, params)]
 
     def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        from tqdm.auto import tqdm
         texts = [self.build_prompt(p, r) for p, r in zip(prompts, responses)]
-        verdicts: list[Verdict] = []
-        starts = range(0, len(texts), self.batch_size)
-        for s in tqdm(starts, desc="judge", disable=not self.progress):
-            verdicts.extend(parse_llama_guard(t) for t in self._generate(texts[s:s + self.batch_size]))
-        return verdicts
+        return [parse_llama_guard(t) for t in self._generate(texts)] if texts else []
 
 
 class EmbeddedJudge:

@@ -1,6 +1,6 @@
 """The tiny causal LM of the arithmetic world and its supervised pre-training (SFT), cached on disk.
 
-`pretrain()` builds the character tokenizer, a Qwen2- or Llama-config model of about a million
+`pretrain()` builds the character tokenizer, a Llama-config model of about a million
 parameters, and trains it on reference solutions just long enough to be right on roughly half of the
 held-out problems (room for preference optimisation to help). The result is saved as an ordinary
 Hugging Face model folder under `runs/cache/arithmetic-sft-<hash>/`, keyed by every setting that changes
@@ -36,7 +36,7 @@ def _from_dict(cls, d: dict):
 
 @dataclass(frozen=True)
 class TinyModelConfig:
-    arch: str = "qwen2"  # qwen2 | llama
+    arch: str = "llama"
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
@@ -45,8 +45,10 @@ class TinyModelConfig:
     max_position: int = 384
 
     def __post_init__(self):
-        if self.arch not in ("qwen2", "llama"):
-            raise ValueError(f"TinyModelConfig.arch: {self.arch!r} is not 'qwen2' or 'llama'")
+        if self.arch != "llama":
+            # A Qwen2 config would work as a model, but transformers' AutoTokenizer forces Qwen2's own
+            # byte-level pre-tokenizer on any tokenizer saved next to a qwen2 config, breaking ours.
+            raise ValueError(f"TinyModelConfig.arch: {self.arch!r} is not supported; use 'llama'")
 
     @classmethod
     def from_dict(cls, d):
@@ -72,13 +74,13 @@ class SFTConfig:
 
 
 def build_tiny_model(vocab_size: int, cfg: TinyModelConfig, pad_id: int, eos_id: int, seed: int = 0):
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     common = dict(vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
                   num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
                   intermediate_size=cfg.intermediate_size, max_position_embeddings=cfg.max_position,
                   tie_word_embeddings=True, pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=eos_id)
-    conf = Qwen2Config(**common) if cfg.arch == "qwen2" else LlamaConfig(**common)
+    conf = LlamaConfig(**common)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(conf, dtype=torch.float32)
 

@@ -1,8 +1,8 @@
 """Multi-step integer arithmetic problems with step-by-step reference solutions.
 
 A problem is a start value and a chain of 2 to 6 operations (+, -, *, /), written either as a plain
-instruction ("Start with 7. Add 5. Multiply by 3.") or as a short word problem ("Ann has 7 coins. She
-finds 5 more. ..."). Every intermediate value stays an integer in [0, max_value] (division is exact), so
+instruction ("Start with 7, then + 5, * 3.") or as a short word problem ("Ann has 7 coins. She gets 5
+more. ..."). Every intermediate value stays an integer in [0, max_value] (division is exact), so
 each step has exactly one correct form:
 
     Step 1: 7 + 5 = 12
@@ -101,8 +101,7 @@ class Problem:
     def question(self) -> str:
         if self.style == "word":
             return _word_question(self)
-        verbs = {"+": "Add {b}.", "-": "Subtract {b}.", "*": "Multiply by {b}.", "/": "Divide by {b}."}
-        return " ".join([f"Start with {self.start}."] + [verbs[op].format(b=b) for op, b in self.ops])
+        return f"Start with {self.start}, then " + ", ".join(f"{op} {b}" for op, b in self.ops) + "."
 
     def step_lines(self, style: str = "symbolic") -> list[str]:
         """The content of each step (what follows "Step k:"), without the leading space."""

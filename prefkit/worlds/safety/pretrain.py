@@ -30,7 +30,7 @@ class SafetyPretrainConfig:
     # shorter chains than the arithmetic world's default (2-4 operations): cheaper rows, and a clear
     # general-ability signal from a model that spends half its training on requests
     arithmetic: WorldConfig = field(default_factory=lambda: WorldConfig(max_ops=4))
-    model: TinyModelConfig = field(default_factory=lambda: TinyModelConfig(max_position=512))
+    model: TinyModelConfig = field(default_factory=lambda: TinyModelConfig(arch="llama", max_position=512))
     safety: SafetySFTMix = field(default_factory=SafetySFTMix)
     n_arithmetic: int = 20000
     steps: int = 1000

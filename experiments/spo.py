@@ -1,0 +1,251 @@
+"""SPO vs Diffusion-DPO vs RankDPO in the embedded shapes world: held-out reward against training compute.
+
+    .venv/bin/python experiments/spo.py [--seeds 0 1 2] [--out experiments/results]
+
+All three start from the world's pre-trained tiny UNet ("final") and use the same labelled data: the world's
+4 generators draw one image per train prompt and the 4 labelling rewards rank them (Syn-Pic win rates).
+  * Diffusion-DPO trains on pairs from those lists, RankDPO on the lists (prefkit.diffusion.module).
+  * SPO fits its step-aware CNN scorer on pairs from the same lists, then alternates multi-sample DDIM
+    sampling from its current policy and per-step updates (prefkit.methods.spo).
+Held-out evaluation (never used for labels or selection): test-split prompts, deterministic DDIM (eta 0,
+CFG 3, 20 steps), `geneval` (all-or-nothing compositional correctness) and the mean label reward.
+
+Compute is counted in per-sample UNet forward passes (CFG counts 2), split into (a) the shared labelled
+data (generation), (b) method-specific training: SPO = scorer fit + online sampling + policy + reference
+passes; DPO / RankDPO = policy + reference passes; (policy passes also carry a backward), and measured wall
+time of (b) on this machine (evaluation excluded). Writes spo_curves.csv, spo_table.md,
+spo_reward_vs_compute.png and spo_grid.png under --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from prefkit.config import from_dict  # noqa: E402
+from prefkit.data.images import ImagePreferenceDataset, collate_image_groups, load_image_jsonl, ranked_to_pairs  # noqa: E402
+from prefkit.demos.spo import EVAL_GUIDANCE, EVAL_STEPS, cached_scorer, evaluate, labelled_data, plot_curves, save_grid  # noqa: E402
+from prefkit.diffusion.module import DiffusionPreferenceModule  # noqa: E402
+from prefkit.diffusion.run_config import DiffusionModelConfig, load_backend  # noqa: E402
+from prefkit.methods.spo import RoundTrainer, SPORunConfig, make_score_fn_for, prompt_source, train_spo  # noqa: E402
+from prefkit.train.config import TrainConfig  # noqa: E402
+from prefkit.worlds.shapes import sample_prompts  # noqa: E402
+
+METHODS = ("spo", "diffusion_dpo", "rankdpo")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--out", default="experiments/results")
+    ap.add_argument("--work", default="runs/exp_spo")
+    ap.add_argument("--cache-root", default="runs/cache", help="labelled data and fitted scorer cache")
+    ap.add_argument("--n-data-prompts", type=int, default=256)
+    ap.add_argument("--n-eval-prompts", type=int, default=96)
+    ap.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (wide targets) for all three; 0 = full fine-tuning")
+    # SPO (paper settings except lr and the number of rounds)
+    ap.add_argument("--spo-rounds", type=int, default=8)
+    ap.add_argument("--spo-prompts-per-round", type=int, default=16)
+    ap.add_argument("--spo-eval-every", type=int, default=4)
+    ap.add_argument("--spo-lr", type=float, default=1e-3)
+    ap.add_argument("--spo-batch-size", type=int, default=16)
+    ap.add_argument("--spo-k", type=int, default=4)
+    ap.add_argument("--spo-threshold", type=float, default=0.3)
+    # Diffusion-DPO / RankDPO (configs/diffusion_dpo_shapes.yaml and configs/rankdpo_shapes.yaml)
+    ap.add_argument("--dpo-pairs", default="all", choices=["all", "best_worst"])
+    ap.add_argument("--dpo-steps", type=int, default=200)
+    ap.add_argument("--dpo-eval-every", type=int, default=100, help="optimizer steps between evaluations")
+    ap.add_argument("--dpo-lr", type=float, default=1e-3)
+    ap.add_argument("--dpo-beta", type=float, default=5000.0)
+    ap.add_argument("--dpo-batch-size", type=int, default=16, help="pairs per step")
+    ap.add_argument("--rankdpo-beta", type=float, default=2500.0)
+    ap.add_argument("--rankdpo-batch-size", type=int, default=8, help="lists of 4 per step")
+    return ap.parse_args(argv)
+
+
+def train_cfg(out: Path, seed: int, lr: float, batch_size: int, warmup_ratio: float = 0.0) -> TrainConfig:
+    return TrainConfig(output_dir=str(out), seed=seed, learning_rate=lr, batch_size=batch_size, num_epochs=1,
+                       lr_scheduler="constant", warmup_ratio=warmup_ratio, weight_decay=1e-4, max_grad_norm=1.0,
+                       progress_bar=False, logging_steps=10)
+
+
+def run_spo(args, seed: int, data_path: str, eval_prompts, base_m: dict, log):
+    cfg = from_dict(SPORunConfig, {
+        "model": {"path": "shapes:final", "lora_rank": args.lora_rank, "lora_targets": "wide"},
+        "scorer": {"fit_data": data_path},
+        "method": {"rounds": args.spo_rounds, "prompts_per_round": args.spo_prompts_per_round,
+                   "sampler": {"num_inference_steps": EVAL_STEPS, "guidance_scale": EVAL_GUIDANCE, "eta": 1.0,
+                               "num_candidates": args.spo_k, "threshold": args.spo_threshold}},
+        "data": {"prompts": "shapes:train", "seed": seed},
+    })
+    cfg.train = train_cfg(Path(args.work) / f"spo_seed{seed}", seed, args.spo_lr, args.spo_batch_size)
+    backend, reference = load_backend(cfg.model)
+    scorer, fit = cached_scorer(backend, data_path, cfg, args.cache_root, log=log)
+    last = {}
+
+    def eval_fn(r, ledger):
+        if r == 0:  # the base model, evaluated once for all methods
+            return dict(base_m)
+        m, last["images"] = evaluate(backend, eval_prompts)
+        return m
+
+    res = train_spo(backend, reference, make_score_fn_for(backend, scorer),
+                    prompt_source(cfg.data.prompts, cfg.method.prompts_per_round, seed), cfg,
+                    eval_fn=eval_fn, eval_every=args.spo_eval_every, log=log)
+    curve = []
+    for h in res.history:
+        if "geneval" not in h:
+            continue
+        fixed = fit["unet_forwards"] if h["round"] > 0 else 0  # the scorer is fitted before round 1
+        curve.append({"method": "spo", "seed": seed, "step": h["round"], "geneval": h["geneval"],
+                      "label_reward": h["label_reward"], "unet_forwards": h["unet_forwards"] + fixed,
+                      "wall_s": h["wall_s"] + (fit["seconds"] if h["round"] > 0 else 0.0),
+                      "sampling_forwards": h["sampling_forwards"], "policy_forwards": h["policy_forwards"],
+                      "reference_forwards": h["reference_forwards"], "scorer_forwards": fixed,
+                      "pairs": h["pairs_kept"], "keep_rate": h["pairs_kept"] / max(1, h["comparisons"])})
+    return curve, {"scorer_fit": fit}, last["images"]
+
+
+def run_dpo(args, method: str, seed: int, data_path: str, eval_prompts, base_m: dict, log):
+    lists, _ = load_image_jsonl(data_path)
+    dpo = method == "diffusion_dpo"
+    examples = ranked_to_pairs(lists, args.dpo_pairs) if dpo else lists
+    backend, reference = load_backend(DiffusionModelConfig(path="shapes:final", lora_rank=args.lora_rank, lora_targets="wide"))
+    module = DiffusionPreferenceModule(backend, objective="dpo" if dpo else "rankdpo",
+                                       beta=args.dpo_beta if dpo else args.rankdpo_beta, reference_unet=reference)
+    ds = ImagePreferenceDataset(examples, backend.image_size)
+    bs = args.dpo_batch_size if dpo else args.rankdpo_batch_size
+    k = 2 if dpo else max(len(e.images) for e in examples)
+    trainer = RoundTrainer(train_cfg(Path(args.work) / f"{method}_seed{seed}", seed, args.dpo_lr, bs, 0.05), module,
+                           None, collate_image_groups, log=log)
+    curve = [{"method": method, "seed": seed, "step": 0, **_pick(base_m), "unet_forwards": 0, "wall_s": 0.0}]
+    wall, step, images = 0.0, 0, None
+    while step < args.dpo_steps:
+        n = min(args.dpo_eval_every, args.dpo_steps - step)
+        t0 = time.perf_counter()
+        res = trainer.run_round(ds, step + 1, max_steps=n)
+        wall += time.perf_counter() - t0
+        step += n
+        backend.unet.eval()
+        m, images = evaluate(backend, eval_prompts)
+        last = res.history[-1] if res.history else {}
+        log(f"[{method} seed {seed}] step {step}: {json.dumps(_pick(m))} loss {last.get('loss', float('nan')):.4f}")
+        items = step * bs * k  # UNet items per pass (all lists here have K = 4)
+        curve.append({"method": method, "seed": seed, "step": step, **_pick(m), "unet_forwards": 2 * items,
+                      "wall_s": wall, "policy_forwards": items, "reference_forwards": items,
+                      "train_loss": last.get("loss"), "pairs": len(examples)})
+    return curve, {}, images
+
+
+def _pick(m: dict) -> dict:
+    return {"geneval": m["geneval"], "label_reward": m["label_reward"]}
+
+
+def mean_sd(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return float("nan"), float("nan")
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def write_outputs(args, curves: list[dict], base_m: dict, data_meta: dict, grids: dict, eval_prompts) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = ["method", "seed", "step", "geneval", "label_reward", "unet_forwards", "wall_s", "sampling_forwards",
+            "policy_forwards", "reference_forwards", "scorer_forwards", "pairs", "keep_rate", "train_loss"]
+    (out / "spo_curves.csv").write_text(",".join(keys) + "\n" + "".join(
+        ",".join("" if c.get(k) is None else str(round(c[k], 5) if isinstance(c[k], float) else c[k]) for k in keys) + "\n"
+        for c in curves))
+    # mean curve per method (over seeds, by step)
+    mean_curves = {}
+    for meth in args.methods:
+        steps = sorted({c["step"] for c in curves if c["method"] == meth})
+        pts = []
+        for s in steps:
+            cs = [c for c in curves if c["method"] == meth and c["step"] == s]
+            pts.append({k: statistics.mean(c[k] for c in cs) for k in ("geneval", "label_reward", "unet_forwards", "wall_s")})
+        mean_curves[meth] = pts
+    plot_curves(mean_curves, out / "spo_reward_vs_compute.png", "geneval")
+    plot_curves(mean_curves, out / "spo_label_reward_vs_compute.png", "label_reward")
+    lines = [
+        "# SPO vs Diffusion-DPO vs RankDPO, shapes world (experiments/spo.py)", "",
+        f"Seeds {args.seeds}; {args.n_eval_prompts} held-out test prompts, DDIM eta 0, CFG {EVAL_GUIDANCE}, {EVAL_STEPS} steps. "
+        + (f"LoRA rank {args.lora_rank} (wide targets)" if args.lora_rank else "Full fine-tuning") + " of the same base UNet.",
+        f"Shared labelled data: {data_meta['n_prompts']} train prompts x 4 generators, "
+        f"{data_meta['unet_forwards']} UNet forwards, {data_meta['seconds']:.0f} s to generate and label (not counted below).",
+        f"Base model: geneval {base_m['geneval']:.3f}, label reward {base_m['label_reward']:.3f}.", "",
+        "| method | geneval (mean ± sd) | label reward | training UNet forwards | of which sampling / policy / reference / scorer fit | training wall s |",
+        "|---|---|---|---|---|---|",
+    ]
+    finals = {}
+    for meth in args.methods:
+        last_step = max(c["step"] for c in curves if c["method"] == meth)
+        cs = [c for c in curves if c["method"] == meth and c["step"] == last_step]
+        g, gs = mean_sd([c["geneval"] for c in cs])
+        lr_, lrs = mean_sd([c["label_reward"] for c in cs])
+        f = statistics.mean(c["unet_forwards"] for c in cs)
+        w = statistics.mean(c["wall_s"] for c in cs)
+        parts = "/".join(str(int(statistics.mean(c.get(k) or 0 for c in cs)))
+                         for k in ("sampling_forwards", "policy_forwards", "reference_forwards", "scorer_forwards"))
+        finals[meth] = (g, f, w)
+        lines.append(f"| {meth} | {g:.3f} ± {gs:.3f} | {lr_:.3f} ± {lrs:.3f} | {f:.0f} | {parts} | {w:.0f} |")
+    if "diffusion_dpo" in finals and "spo" in finals:
+        target = finals["diffusion_dpo"][0]
+        hit = next((p for p in mean_curves["spo"] if p["geneval"] >= target and p["unet_forwards"] > 0), None)
+        lines += ["", f"Diffusion-DPO's final mean geneval: {target:.3f} at {finals['diffusion_dpo'][1]:.0f} UNet forwards, "
+                      f"{finals['diffusion_dpo'][2]:.0f} s."]
+        if hit:
+            lines.append(f"SPO's mean curve first reaches it at {hit['unet_forwards']:.0f} UNet forwards ({hit['wall_s']:.0f} s): "
+                         f"Diffusion-DPO / SPO compute ratio {finals['diffusion_dpo'][1] / hit['unet_forwards']:.2f} in forwards, "
+                         f"{finals['diffusion_dpo'][2] / max(hit['wall_s'], 1e-9):.2f} in wall time (> 1: SPO needed less).")
+        else:
+            lines.append("SPO's mean curve does not reach it within its budget.")
+    lines += ["", "Per evaluation point: spo_curves.csv. Plots: spo_reward_vs_compute.png (geneval), "
+                  "spo_label_reward_vs_compute.png. Images: spo_grid.png (seed "
+                  f"{args.seeds[0]}, first 8 test prompts)."]
+    (out / "spo_table.md").write_text("\n".join(lines) + "\n")
+    save_grid(grids, eval_prompts[:8], out / "spo_grid.png")
+    print("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    log = print
+    data_path, data_meta = labelled_data(args.n_data_prompts, seed=0, cache_root=args.cache_root)
+    eval_prompts = sample_prompts(args.n_eval_prompts, seed=99, split="test")
+    backend, _ = load_backend(DiffusionModelConfig(path="shapes:final", lora_rank=0))
+    base_m, base_images = evaluate(backend, eval_prompts)
+    del backend
+    log(f"base: {base_m}")
+    curves, grids = [], {"base": base_images}
+    partial = Path(args.work) / "curves_partial.jsonl"
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        for meth in args.methods:
+            t0 = time.perf_counter()
+            if meth == "spo":
+                curve, extra, images = run_spo(args, seed, data_path, eval_prompts, base_m, log)
+            else:
+                curve, extra, images = run_dpo(args, meth, seed, data_path, eval_prompts, base_m, log)
+            log(f"== {meth} seed {seed} done in {time.perf_counter() - t0:.0f} s: {json.dumps(curve[-1])}")
+            curves += curve
+            with partial.open("a") as f:
+                f.write("".join(json.dumps(c) + "\n" for c in curve))
+            if seed == args.seeds[0]:
+                grids[meth] = images
+    write_outputs(args, curves, base_m, data_meta, grids, eval_prompts)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""Syn-Pic style ranked images: win-rate labels, the builder, and the CLI on a tiny diffusers pipeline."""
+import json
+
+import pytest
+import torch
+
+from prefkit.data.images import load_image_jsonl
+from prefkit.pipelines.ranked_images import build_ranked_images, read_prompts, resolve_reward, win_rate_labels
+from prefkit.worlds.shapes.grammar import PromptSpec, parse_prompt
+from prefkit.worlds.shapes.render import render_batch
+
+FLIP = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def test_win_rate_labels_hand_example():
+    # reward 1: [3, 1, 2] -> wins [2, 0, 1]; reward 2: [0, 5, 5] -> wins [0, 1, 1] (the tie is no win)
+    # C = [2, 1, 2], psi = C / (n (k - 1)) = C / 4
+    psi = win_rate_labels(torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 5.0]]))
+    assert psi.tolist() == [0.5, 0.25, 0.5]
+    batched = win_rate_labels(torch.tensor([[[3.0, 1.0, 2.0]], [[0.0, 5.0, 5.0]]]))  # (n, B, K)
+    assert batched.shape == (1, 3) and batched[0].tolist() == [0.5, 0.25, 0.5]
+    # a rescaled reward gives the same labels (win rates, not raw averages)
+    assert torch.equal(win_rate_labels(torch.tensor([[30.0, 10.0, 20.0], [0.0, 5.0, 5.0]])), psi)
+
+
+class Perfect:
+    name = "perfect"
+
+    def __call__(self, prompts, seed=0):
+        return render_batch(prompts, 16, seed)
+
+
+class Flipped:
+    name = "flipped"
+
+    def __call__(self, prompts, seed=0):
+        specs = [parse_prompt(p) for p in prompts]
+        return render_batch([PromptSpec(s.first, FLIP[s.relation], s.second) for s in specs], 16, seed)
+
+
+class Blank:
+    name = "blank"
+
+    def __call__(self, prompts, seed=0):
+        return -torch.ones(len(prompts), 3, 16, 16)
+
+
+def test_builder_writes_images_and_labels_that_load_back(tmp_path):
+    prompts = ["a red square left of a blue circle", "two green triangles above a yellow circle", "a blue circle below two red squares"]
+    rewards = [resolve_reward(n) for n in ("colour", "position", "count")]
+    path = build_ranked_images(prompts, [Blank(), Flipped(), Perfect()], rewards, str(tmp_path / "out"), chunk=2, progress=False)
+    rows = [json.loads(l) for l in open(path)]
+    assert [r["caption"] for r in rows] == prompts
+    for r in rows:
+        assert r["generators"] == ["blank", "flipped", "perfect"]
+        assert set(r["rewards"]) == {"colour", "position", "count"}
+        assert r["scores"][2] >= r["scores"][1] > r["scores"][0]  # perfect >= flipped (wrong place) > blank
+        assert r["rewards"]["position"][2] > 0.9 > 0.1 > r["rewards"]["position"][1]
+    lists, report = load_image_jsonl(path)
+    assert len(lists) == 3 and report.n_skipped == 0 and len(lists[0].images) == 3
+
+
+def test_read_prompts_errors(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"prompt": "a"}\n{"text": "b"}\n')
+    with pytest.raises(Exception, match=r"row 2, field 'prompt'"):
+        read_prompts(str(p))
+
+
+def test_cli_with_local_diffusers_pipelines_and_clip_reward(tmp_path, capsys):
+    from prefkit.cli import main
+    from prefkit.diffusion.tiny_sd import save_tiny_clip_model, save_tiny_sd_pipeline
+
+    sd = save_tiny_sd_pipeline(str(tmp_path / "sd"), latent_size=8)
+    clip = save_tiny_clip_model(str(tmp_path / "clip"), image_size=16)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square left of a blue circle\ntwo green triangles above a yellow circle\n")
+    out = tmp_path / "syn"
+    rc = main(["build", "ranked-images", "--prompts", str(prompts), "--out", str(out),
+               "--generators", f"{sd},cfg=1,steps=2", f"{sd},cfg=4,steps=2", "--rewards", "colour", f"clip:{clip}"])
+    assert rc == 0, capsys.readouterr().err
+    rows = [json.loads(l) for l in open(out / "ranked.jsonl")]
+    assert len(rows) == 2 and all(len(r["images"]) == 2 and len(r["rewards"]) == 2 for r in rows)
+    assert all(0.0 <= s <= 1.0 for r in rows for s in r["scores"])
+    assert (out / rows[0]["images"][1]).exists()
+    rc = main(["build", "ranked-images", "--prompts", str(prompts), "--out", str(out), "--generators", "shapes:final",
+               "--rewards", "colour"])
+    assert rc == 2 and "at least 2 generators" in capsys.readouterr().err
