@@ -9,7 +9,8 @@ What is timed is `prefkit.pipelines.sampling.HFSampler.generate`, the call `pref
 and once with batch_size=1 (the one-at-a-time loop; it still has its KV cache). A third row, generate one
 sequence at a time with `use_cache=False`, shows what the cache itself is worth (on fewer sequences: it is
 slow). Random weights, so EOS is disabled (every completion is exactly max_new_tokens long and the rows do
-the same work); prompts are arithmetic questions rendered as in the pipeline. Results:
+the same work); prompts are arithmetic questions in a Step-DPO-style "Question: ... Answer: Step 1:" form.
+On the CPU the clock is the process CPU time (the machine is shared), wall time alongside. Results:
 benchmarks/results/sampling_<model>.md and .csv.
 """
 from __future__ import annotations
@@ -18,8 +19,8 @@ import argparse
 import csv
 import datetime
 import random
+import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +29,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from benchmarks.runners import clock_mark  # noqa: E402
 from benchmarks.shapes import MODEL_CONFIGS  # noqa: E402
 from benchmarks.throughput import load_line, machine_line  # noqa: E402
 
@@ -60,20 +62,17 @@ def time_sampler(model, tok, prompts, params, batch_size: int, device: str) -> f
     from prefkit.pipelines.sampling import HFSampler
 
     sampler = HFSampler(model, tok, batch_size=batch_size, progress=False)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0 = clock_mark(device)
     texts = sampler.generate(prompts, params)
-    if device == "cuda":
-        torch.cuda.synchronize()
+    t1 = clock_mark(device)
     assert len(texts) == len(prompts) and all(len(t) == params.n for t in texts)
-    return time.perf_counter() - t0
+    return t1[0] - t0[0], t1[1] - t0[1]
 
 
 @torch.inference_mode()
 def time_no_cache(model, tok, prompts, params, device: str) -> float:
     """One sequence at a time, every new token recomputing the whole prefix (use_cache=False)."""
-    t0 = time.perf_counter()
+    t0 = clock_mark(device)
     for i, p in enumerate(prompts):
         ids = torch.tensor([tok(p, add_special_tokens=False)["input_ids"]], device=device)
         for j in range(params.n):
@@ -82,9 +81,8 @@ def time_no_cache(model, tok, prompts, params, device: str) -> float:
                            temperature=params.temperature, top_p=params.top_p, top_k=0,
                            max_new_tokens=params.max_new_tokens, min_new_tokens=params.max_new_tokens,
                            pad_token_id=tok.pad_token_id, eos_token_id=None, use_cache=False)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    t1 = clock_mark(device)
+    return t1[0] - t0[0], t1[1] - t0[1]
 
 
 def main(argv=None) -> int:
@@ -120,14 +118,17 @@ def main(argv=None) -> int:
     if args.no_cache_problems > 0:
         cases.append(("one at a time, no KV cache", "generate(use_cache=False)", prompts[: args.no_cache_problems],
                       lambda pr: time_no_cache(model, tok, pr, params, device)))
+    clock = "CPU" if device == "cpu" else "wall"  # the shared CPU machine: process CPU time is the fair clock
     for name, how, pr, fn in cases:
-        times = sorted(fn(pr) for _ in range(args.repeats))
-        dt = times[len(times) // 2]
+        runs = [fn(pr) for _ in range(args.repeats)]
+        wall = statistics.median(w for w, _ in runs)
+        dt = statistics.median(c for _, c in runs) if clock == "CPU" else wall
         n_seq = len(pr) * args.n
         rows.append({"row": name, "how": how, "sequences": n_seq, "new_tokens": n_seq * args.max_new_tokens,
-                     "seconds": dt, "samples_per_s": n_seq / dt, "tokens_per_s": n_seq * args.max_new_tokens / dt})
-        print(f"[sampling] {name:28s} {n_seq:4d} seqs  {dt:8.2f}s  {n_seq / dt:8.2f} samples/s  "
-              f"all: {[round(t, 2) for t in times]}", flush=True)
+                     "seconds": dt, "wall_seconds": wall, "samples_per_s": n_seq / dt,
+                     "tokens_per_s": n_seq * args.max_new_tokens / dt})
+        print(f"[sampling] {name:28s} {n_seq:4d} seqs  {dt:8.2f}s ({clock})  {n_seq / dt:8.2f} samples/s  "
+              f"wall/cpu: {[(round(w, 2), round(c, 2)) for w, c in runs]}", flush=True)
     base = rows[0]["samples_per_s"]
     n_params = sum(q.numel() for q in model.parameters())
     command = "python benchmarks/sampling.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -136,11 +137,12 @@ def main(argv=None) -> int:
              f"- command: `{command}`", f"- machine: {machine_line(device)}", f"- load at end: {load_line()}",
              f"- model: Qwen2 `{args.model}` shapes with vocab 320, {n_params / 1e6:.1f}M parameters, {str(dtype)[6:]}, "
              f"random weights (EOS disabled); {args.problems} problems x n={args.n}, {args.max_new_tokens} new tokens, "
-             f"T=0.8, top-p 0.95; median of {args.repeats}", "",
-             "| sampling | how | sequences | seconds | samples/s | tokens/s | batched is x faster |", "|---|---|---|---|---|---|---|"]
+             f"T=0.8, top-p 0.95; median of {args.repeats}; clock: {clock} time (wall alongside)", "",
+             f"| sampling | how | sequences | {clock} s | wall s | samples/s | tokens/s | batched is x faster |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['row']} | `{r['how']}` | {r['sequences']} | {r['seconds']:.2f} | {r['samples_per_s']:.2f} | "
-                     f"{r['tokens_per_s']:.0f} | {base / r['samples_per_s']:.1f}x |")
+        lines.append(f"| {r['row']} | `{r['how']}` | {r['sequences']} | {r['seconds']:.2f} | {r['wall_seconds']:.2f} | "
+                     f"{r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} | {base / r['samples_per_s']:.1f}x |")
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     out = Path(args.out)

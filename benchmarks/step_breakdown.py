@@ -2,7 +2,7 @@
 
     python benchmarks/step_breakdown.py [--model cpu] [--shape step_dpo] [--batch 2]
 
-Rows (policy only, no reference, no optimizer; median of --repeats):
+Rows (policy only, no reference, no optimizer; process CPU seconds, median of --repeats):
   decoder only          the transformer body on TRL's rows (one row per completion), no LM head
   TRL fused LM head     DPOTrainer's patched forward (`fused_lm_head=True`, with the entropy / mean-logit /
                         top-1 outputs its metrics use) on the same rows: body + head
@@ -32,9 +32,9 @@ from benchmarks.shapes import PAD_ID, SHAPES, build_models, make_groups, trl_row
 def timed(fn, repeats: int) -> float:
     ts = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = time.process_time()  # CPU time: the dev machine is shared
         fn()
-        ts.append(time.perf_counter() - t)
+        ts.append(time.process_time() - t)
     return statistics.median(ts)
 
 
@@ -86,8 +86,10 @@ def main(argv=None) -> int:
         print(f"[breakdown] {name:44s} tokens={tokens:6d} {dt:7.2f}s", flush=True)
     base = res[1][2]
     lines = [f"Policy forward+backward breakdown: model `{args.model}`, shape {args.shape}, batch {args.batch} "
-             f"({scored} scored completion tokens), {torch.get_num_threads()} thread(s), median of {args.repeats}", "",
-             "| path | tokens in | seconds | vs TRL |", "|---|---|---|---|"]
+             f"({scored} scored completion tokens), {torch.get_num_threads()} thread(s), process CPU seconds, median of "
+             f"{args.repeats}, {time.strftime('%Y-%m-%d %H:%M')}; command: python benchmarks/step_breakdown.py "
+             f"--model {args.model} --shape {args.shape} --batch {args.batch}", "",
+             "| path | tokens in | CPU seconds | vs TRL |", "|---|---|---|---|"]
     lines += [f"| {n} | {t} | {dt:.2f} | {base / dt:.2f}x |" for n, t, dt in res]
     text = "\n".join(lines) + "\n"
     print("\n" + text)

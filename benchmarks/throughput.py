@@ -55,7 +55,7 @@ MODES = {
     "gpu": dict(model="gpu", dtype=torch.bfloat16, mp="bf16", batches=(32, 8), ranked_batches=(8, 4), window=4,
                 timed=2, precomputed=("step_dpo", "ultrafeedback"), scale=1.0, budget=480.0),
 }
-DRY_RUN = dict(model="micro", scale=1 / 16, window=2, timed=1)
+DRY_RUN = dict(model="micro", scale=1 / 16, window=2, timed=1, ref_noise=0.5)  # micro: more noise, or loss ~ ln 2
 
 
 def run_variant(variant: str, policy, ref, groups, shape, batch: int, s: RunSettings) -> RunResult:
@@ -190,7 +190,7 @@ def parse_args(argv=None):
     p.add_argument("--time-budget-s", type=float, help="stop starting runs after this many seconds (gpu: 480)")
     p.add_argument("--lr", type=float, default=1e-6)
     p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--ref-noise", type=float, default=0.02)
+    p.add_argument("--ref-noise", type=float, help="reference = policy + this x std noise (default 0.02; dry run 0.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the shared dev machine: 1)")
     p.add_argument("--peak-flops", type=float, default=989e12, help="MFU denominator (H100/H200 dense bf16)")
@@ -209,6 +209,8 @@ def main(argv=None) -> int:
         cfg["batches"] = cfg["ranked_batches"] = tuple(args.batches)
     if args.no_precomputed:
         cfg["precomputed"] = ()
+    if args.ref_noise is None:
+        args.ref_noise = cfg.get("ref_noise", 0.02)
     window = args.window_steps or cfg["window"]
     timed = args.timed_windows if args.timed_windows is not None else cfg["timed"]
     budget = args.time_budget_s if args.time_budget_s is not None else cfg["budget"]

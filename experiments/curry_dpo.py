@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train-problems", type=int, default=192)
     ap.add_argument("--pref-eval-problems", type=int, default=96)
     ap.add_argument("--test-problems", type=int, default=200)
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the lists")
     ap.add_argument("--work-dir", default="runs/experiments/curry_dpo")
     ap.add_argument("--results-dir", default=str(ROOT / "experiments" / "results"))
     args = ap.parse_args(argv)
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     cfg = CurryDemoConfig(output_dir=args.work_dir, arms=args.arms, seeds=args.seeds, total_steps=args.steps,
                           batch_size=args.batch_size, learning_rate=args.lr, beta=args.beta,
                           n_train_problems=args.train_problems, n_pref_eval_problems=args.pref_eval_problems,
-                          n_test_problems=args.test_problems)
+                          n_test_problems=args.test_problems, temperature=args.temperature)
     t0 = time.time()
     result = run_experiment(cfg)
     minutes = (time.time() - t0) / 60
@@ -79,7 +80,8 @@ def main(argv=None) -> int:
         f"- Every arm: {cfg.total_steps} optimizer steps of {cfg.batch_size} pairs (ranked_dpo: {cfg.batch_size} "
         f"lists), AdamW lr {cfg.learning_rate} constant, beta {cfg.beta}, full fine-tuning, frozen-copy reference; "
         "curricula: 3 stages of equal steps, best-vs-rest pairs, easy (largest score gap) first.",
-        f"- SFT model: `{result['sft_model']}`.",
+        f"- Lists: {cfg.n_samples} answers sampled per problem at temperature {cfg.temperature}, the first "
+        f"{cfg.k} distinct ones kept. SFT model: `{result['sft_model']}`.",
     ]
     (res / "curry_dpo.md").write_text("\n".join(md) + "\n")
     (res / "curry_dpo.json").write_text(json.dumps(result, indent=1))

@@ -9,9 +9,12 @@ The arms, all at the same number of optimizer steps and batch size (pairs or lis
 
     dpo_best_worst        one pair per prompt, best vs worst (single-pair DPO)
     all_pairs_shuffled    all C(K,2) pairs of each list, shuffled, one stage
+    best_vs_rest_shuffled the K-1 Curry-DPO pairs, shuffled, one stage (experiment only: isolates the ordering)
     curriculum_fixed_ref  best-vs-rest pairs in 3 stages easy -> hard, the SFT model as reference throughout
     curry_dpo             the same stages, reference refreshed to the policy at the end of each stage
-    ranked_dpo            listwise LiPO-lambda loss over each whole list
+    ranked_dpo            listwise LiPO-lambda loss over each whole list, labels = the partial-credit scores
+    ranked_dpo_rank_labels  the same with labels = rank in the list (K-1 for the best ... 0), so the DCG gains
+                          2^label are 1..2^(K-1) instead of 1..2 (experiment only)
 
 Evaluation on held-out problems: greedy answer accuracy (and the share of fully correct solutions), and
 preference accuracy = the share of held-out pairs (from lists sampled and scored the same way on other
@@ -23,7 +26,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -33,13 +36,15 @@ from prefkit.data.examples import RankedList
 from prefkit.data.ranked import load_ranked
 from prefkit.data.tokenize import TokenizeSettings, tokenize_ranked
 
-ARMS = ("dpo_best_worst", "all_pairs_shuffled", "curriculum_fixed_ref", "curry_dpo", "ranked_dpo")
+ARMS = ("dpo_best_worst", "all_pairs_shuffled", "best_vs_rest_shuffled", "curriculum_fixed_ref", "curry_dpo",
+        "ranked_dpo", "ranked_dpo_rank_labels")
+DEMO_ARMS = ("dpo_best_worst", "all_pairs_shuffled", "curriculum_fixed_ref", "curry_dpo", "ranked_dpo")
 
 
 @dataclass
 class CurryDemoConfig:
     output_dir: str = "runs/demo-curry-dpo"
-    arms: list[str] = field(default_factory=lambda: list(ARMS))
+    arms: list[str] = field(default_factory=lambda: list(DEMO_ARMS))
     seeds: list[int] = field(default_factory=lambda: [0])
     n_train_problems: int = 64  # problems whose sampled lists train the policy (the world's `pref` split)
     n_pref_eval_problems: int = 32  # held-out lists for preference accuracy (the `val` split)
@@ -110,6 +115,15 @@ def sample_ranked_lists(sampler, problems, cfg: CurryDemoConfig, path: Path, *, 
 
 
 # ------------------------------------------------------------------------------------------------ arms
+def _ranks(scores) -> list[int]:
+    """0-based rank of each item, best first."""
+    order = sorted(range(len(scores)), key=lambda k: -scores[k])
+    out = [0] * len(scores)
+    for r, k in enumerate(order):
+        out[k] = r
+    return out
+
+
 def _train_cfg(cfg: CurryDemoConfig, out: Path, seed: int):
     from prefkit.train.config import TrainConfig
 
@@ -131,16 +145,19 @@ def train_arm(arm: str, sft_path: str, lists: list[RankedList], cfg: CurryDemoCo
     policy = AutoModelForCausalLM.from_pretrained(sft_path, dtype=torch.float32)
     train = _train_cfg(cfg, out, seed)
     quiet = lambda *a, **k: None  # noqa: E731
-    if arm == "ranked_dpo":
+    if arm.startswith("ranked_dpo"):
         from prefkit.methods.dpo import GroupCollator
         from prefkit.methods.ranked_dpo import RankedMethodConfig, build_module
         from prefkit.train.loop import Trainer
 
+        if arm == "ranked_dpo_rank_labels":
+            lists = [replace(x, scores=tuple(float(len(x.scores) - 1 - r) for r in _ranks(x.scores))) for x in lists]
         groups = [tokenize_ranked(x, tok, settings, index=i) for i, x in enumerate(lists)]
         module = build_module(policy, tok, groups, RankedMethodConfig(beta=cfg.beta, weighting="lambda"))
         result = Trainer(train, module, groups, GroupCollator(tok.pad_token_id, "prefix"), log=quiet).train()
         return policy, tok, [(r["step"], r["loss"]) for r in result.history]
     spec = {"dpo_best_worst": ("best_vs_worst", 1, False), "all_pairs_shuffled": ("all_pairs", 1, False),
+            "best_vs_rest_shuffled": ("best_vs_rest", 1, False),
             "curriculum_fixed_ref": ("best_vs_rest", 3, False), "curry_dpo": ("best_vs_rest", 3, True)}[arm]
     pairing, n_stages, refresh = spec
     method = CurryMethodConfig(beta=cfg.beta, pairing=pairing, n_stages=n_stages, ordering="easy_to_hard",
@@ -153,7 +170,8 @@ def train_arm(arm: str, sft_path: str, lists: list[RankedList], cfg: CurryDemoCo
 # ------------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
 def preference_accuracy(policy, reference, tok, lists: list[RankedList], settings, batch_size: int = 16) -> float:
-    """Share of held-out preferred pairs (i over j) with logp_pi(i) - logp_ref(i) > the same for j."""
+    """Share of held-out preferred pairs (i over j) with logp_pi(i) - logp_ref(i) > the same for j; an exact
+    tie counts one half (so the starting policy, whose implicit rewards are all 0, scores 0.5)."""
     from prefkit.data.collate import collate_groups
     from prefkit.losses.listwise import pair_mask
     from prefkit.models.logprobs import completion_logps
@@ -165,7 +183,8 @@ def preference_accuracy(policy, reference, tok, lists: list[RankedList], setting
         batch = collate_groups(groups, tok.pad_token_id, "prefix")
         r = completion_logps(policy, batch).logps - completion_logps(reference, batch).logps  # (B, K)
         pm = pair_mask(batch["labels"], batch["mask"])  # (B, K, K)
-        right += int(((r[:, :, None] > r[:, None, :]) & pm).sum())
+        d = r[:, :, None] - r[:, None, :]  # (B, K, K)
+        right += float(((d > 0) & pm).sum()) + 0.5 * float(((d == 0) & pm).sum())
         total += int(pm.sum())
     return right / max(1, total)
 
@@ -204,6 +223,9 @@ def run_experiment(cfg: CurryDemoConfig, log=print) -> dict:
     eval_lists, eval_stats = sample_ranked_lists(sampler, splits.val[: cfg.n_pref_eval_problems], cfg,
                                                  out / "data" / "heldout_lists.jsonl", seed=cfg.data_seed + 1, log=log)
     log(f"[data] {time.time() - t0:.0f}s; train {train_stats}; held-out {eval_stats}")
+    if train_stats["mean_share"] < 0.05 or train_stats["lists_kept"] < 0.5 * train_stats["problems"]:
+        log("[data] WARNING: the sampled answers carry almost no partial credit or most lists were dropped; "
+            "the SFT model may be too weak (or stale) for this comparison to mean much")
     test = splits.test[: cfg.n_test_problems]
     base = answer_accuracy(sft, tok, test, cfg)
     rows = [{"arm": "sft (no preference training)", "seed": -1, **base,
@@ -284,15 +306,17 @@ def plot(result: dict, path: Path) -> Path:
 def cli_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="prefkit demo curry-dpo", description=__doc__.split("\n")[0])
     ap.add_argument("--output-dir", default=CurryDemoConfig.output_dir)
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    ap.add_argument("--arms", nargs="+", default=list(DEMO_ARMS), choices=ARMS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--steps", type=int, default=CurryDemoConfig.total_steps)
     ap.add_argument("--train-problems", type=int, default=CurryDemoConfig.n_train_problems)
     ap.add_argument("--test-problems", type=int, default=CurryDemoConfig.n_test_problems)
+    ap.add_argument("--temperature", type=float, default=CurryDemoConfig.temperature)
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     cfg = CurryDemoConfig(output_dir=args.output_dir, arms=args.arms, seeds=args.seeds, total_steps=args.steps,
-                          n_train_problems=args.train_problems, n_test_problems=args.test_problems)
+                          n_train_problems=args.train_problems, n_test_problems=args.test_problems,
+                          temperature=args.temperature)
     result = run_experiment(cfg)
     table = markdown_table(summarize(result["rows"]))
     print(table)

@@ -67,8 +67,7 @@ def load_examples(cfg: ImageDataConfig, want: str) -> tuple[list, LoadReport]:
     if cfg.format == "pickapic" or cfg.train_file.endswith(".parquet"):
         examples, report = load_pickapic(cfg.train_file, skip_invalid=cfg.skip_invalid)
     else:
-        kind = cfg.format if cfg.format != "auto" else "auto"
-        examples, report = load_image_jsonl(cfg.train_file, kind=kind, skip_invalid=cfg.skip_invalid)
+        examples, report = load_image_jsonl(cfg.train_file, kind=cfg.format, skip_invalid=cfg.skip_invalid)
     if cfg.limit is not None:
         examples = examples[: cfg.limit]
     if want == "pairs" and examples and isinstance(examples[0], ImageRankedList):

@@ -20,17 +20,18 @@ preference training.
     gens = [shapes.parse_generator(s) for s in shapes.DEFAULT_GENERATORS]   # generators of different quality
 
 Rewards (rewards.py), each imperfect in its own way: colour, shape, count, position (LABEL_REWARDS, used
-for labels) and geneval (HELDOUT_REWARD: all-or-nothing compositional correctness, never used to label).
+for labels) and geneval (HELDOUT_REWARD: the fraction of five GenEval-style binary checks; geneval_strict:
+all five), never used to label.
 """
 from prefkit.diffusion.ddim import generate
 from prefkit.worlds.shapes.base_model import CHECKPOINTS, IMAGE_SIZE, PretrainConfig, load_base
 from prefkit.worlds.shapes.generators import DEFAULT_GENERATORS, ShapesGenerator, parse_generator
 from prefkit.worlds.shapes.grammar import Group, PromptSpec, parse_prompt, sample_prompts, sample_specs, split_of
 from prefkit.worlds.shapes.render import render, render_batch
-from prefkit.worlds.shapes.rewards import HELDOUT_REWARD, LABEL_REWARDS, REWARDS, score_all
+from prefkit.worlds.shapes.rewards import HELDOUT_REWARD, HELDOUT_REWARDS, LABEL_REWARDS, REWARDS, score_all
 
 __all__ = [
-    "CHECKPOINTS", "DEFAULT_GENERATORS", "Group", "HELDOUT_REWARD", "IMAGE_SIZE", "LABEL_REWARDS", "PretrainConfig",
+    "CHECKPOINTS", "DEFAULT_GENERATORS", "Group", "HELDOUT_REWARD", "HELDOUT_REWARDS", "IMAGE_SIZE", "LABEL_REWARDS", "PretrainConfig",
     "PromptSpec", "REWARDS", "ShapesGenerator", "generate", "load_base", "parse_generator", "parse_prompt", "render",
     "render_batch", "sample_prompts", "sample_specs", "score_all", "split_of",
 ]

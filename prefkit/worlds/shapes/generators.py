@@ -2,7 +2,7 @@
 
 A generator is any callable `gen(prompts, seed) -> (N, 3, H, W) in [-1, 1]` with a `name`.
 `parse_generator("shapes:mid,cfg=3,steps=20")` builds one from a spec string; DEFAULT_GENERATORS are
-four of clearly different quality (the early checkpoint is worst, guided final is best).
+four of different quality: the mid checkpoint, and the final one at guidance 1.5, 3 and 5 with their own seeds.
 """
 from __future__ import annotations
 
@@ -48,4 +48,6 @@ def parse_generator(spec: str, **kw) -> ShapesGenerator:
     return ShapesGenerator(**args, **kw)
 
 
-DEFAULT_GENERATORS = ("shapes:early,cfg=3", "shapes:mid,cfg=3", "shapes:final,cfg=1", "shapes:final,cfg=3")
+# Mostly the final model itself (its own samples at other seeds and guidance scales, where preference training
+# has something to sort), plus the weaker mid checkpoint.
+DEFAULT_GENERATORS = ("shapes:mid,cfg=3", "shapes:final,cfg=1.5", "shapes:final,cfg=3,seed=1", "shapes:final,cfg=5,seed=2")

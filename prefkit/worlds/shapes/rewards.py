@@ -7,10 +7,11 @@ with `images` (N, 3, H, W) in [-1, 1] and `prompts` N strings of the grammar; it
     shape     mean shape-classifier probability of each group's blobs; blind to count and place
     count     0.5 ** |blobs - count| per group; blind to shape, a merged pair counts as one
     position  sigmoid of the centroid offset along the relation's axis; blind to everything else
-    geneval   held out from labelling: 1 only if every group has exactly the right number of blobs,
-              each classified as the right shape, and the relation holds (GenEval-style, binary)
+    geneval   held out from labelling: the fraction of five binary GenEval-style checks that pass
+              (per group: exactly `count` blobs; every blob classified as the right shape; the relation);
+              geneval_strict is 1 only when all five pass
 
-All five read the same per-pixel colour analysis (`analyse`): a pixel is foreground when its
+All of them read the same per-pixel colour analysis (`analyse`): a pixel is foreground when its
 brightest channel exceeds 0.5 (in [0, 1]) and takes the nearest palette chroma, "other" when no
 palette colour is close. Blobs are 4-connected components of at least MIN_BLOB pixels.
 """
@@ -162,15 +163,26 @@ def position_score(spec: PromptSpec, a: Analysis) -> float:
     return 0.0 if d is None else float(1.0 / (1.0 + np.exp(-d / (0.1 * a.size))))
 
 
-def geneval_score(spec: PromptSpec, a: Analysis) -> float:
+def geneval_checks(spec: PromptSpec, a: Analysis) -> list[bool]:
+    """Five binary checks: per group, exactly `count` blobs and every blob classified as the right shape; the relation."""
+    checks = []
     for g in spec.groups:
         blobs = a.blobs(g.colour)
-        if len(blobs) != g.count:
-            return 0.0
-        if any(int(np.argmax(shape_probs(b, a.size))) != SHAPES.index(g.shape) for b in blobs):
-            return 0.0
+        checks.append(len(blobs) == g.count)
+        checks.append(bool(blobs) and all(int(np.argmax(shape_probs(b, a.size))) == SHAPES.index(g.shape) for b in blobs))
     d = _axis_offset(spec, a)
-    return float(d is not None and d > 0)
+    checks.append(d is not None and d > 0)
+    return checks
+
+
+def geneval_score(spec: PromptSpec, a: Analysis) -> float:
+    """Fraction of the five binary checks that pass (GenEval reports per-check accuracies)."""
+    return float(np.mean(geneval_checks(spec, a)))
+
+
+def geneval_strict_score(spec: PromptSpec, a: Analysis) -> float:
+    """1 only if all five checks pass."""
+    return float(all(geneval_checks(spec, a)))
 
 
 class ProgrammaticReward:
@@ -195,9 +207,11 @@ REWARDS: dict[str, ProgrammaticReward] = {
     "count": ProgrammaticReward("count", count_score),
     "position": ProgrammaticReward("position", position_score),
     "geneval": ProgrammaticReward("geneval", geneval_score),
+    "geneval_strict": ProgrammaticReward("geneval_strict", geneval_strict_score),
 }
 LABEL_REWARDS = ("colour", "shape", "count", "position")  # used to build preference labels
 HELDOUT_REWARD = "geneval"  # never used for labelling
+HELDOUT_REWARDS = ("geneval", "geneval_strict")
 
 
 def score_all(images: torch.Tensor, prompts: list[str], names=tuple(REWARDS)) -> dict[str, torch.Tensor]:
