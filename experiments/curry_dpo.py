@@ -81,7 +81,8 @@ def main(argv=None) -> int:
         f"lists), AdamW lr {cfg.learning_rate} constant, beta {cfg.beta}, full fine-tuning, frozen-copy reference; "
         "curricula: 3 stages of equal steps, best-vs-rest pairs, easy (largest score gap) first.",
         f"- Lists: {cfg.n_samples} answers sampled per problem at temperature {cfg.temperature}, the first "
-        f"{cfg.k} distinct ones kept. SFT model: `{result['sft_model']}`.",
+        f"{cfg.k} distinct ones kept. World: `{cfg.world}`; SFT model ({cfg.sft_steps} steps, the world's "
+        f"pretrain()): `{result['sft_model']}`.",
     ]
     (res / "curry_dpo.md").write_text("\n".join(md) + "\n")
     (res / "curry_dpo.json").write_text(json.dumps(result, indent=1))

@@ -28,11 +28,11 @@ from prefkit.worlds.shapes.base_model import load_base  # noqa: E402
 from prefkit.worlds.shapes.benchmark import MethodSettings, build_synpic, evaluate, save_image_grid, train_method  # noqa: E402
 from prefkit.worlds.shapes.generators import DEFAULT_GENERATORS  # noqa: E402
 from prefkit.worlds.shapes.grammar import sample_prompts  # noqa: E402
-from prefkit.worlds.shapes.rewards import HELDOUT_REWARD, LABEL_REWARDS  # noqa: E402
+from prefkit.worlds.shapes.rewards import HELDOUT_REWARDS, LABEL_REWARDS  # noqa: E402
 
 METHODS = ("base", "diffusion_dpo", "rankdpo")
 LABELS = {"base": "base (final checkpoint)", "diffusion_dpo": "Diffusion-DPO (all pairs)", "rankdpo": "RankDPO (lambda)"}
-REWARD_COLS = list(LABEL_REWARDS) + [HELDOUT_REWARD]
+REWARD_COLS = list(LABEL_REWARDS) + list(HELDOUT_REWARDS)
 
 
 def generator_table(data_path: str) -> list[str]:
@@ -45,6 +45,33 @@ def generator_table(data_path: str) -> list[str]:
         raw = [statistics.mean(r["rewards"][n][gi] for r in rows) for n in LABEL_REWARDS]
         lines.append(f"| {g} | {psi:.3f} | " + " | ".join(f"{v:.3f}" for v in raw) + " |")
     return lines
+
+
+def run_seed(seed: int, args, key: dict, base, data: str, settings: MethodSettings, eval_prompts: list[str]) -> dict:
+    """Base, Diffusion-DPO and RankDPO for one seed; cached in WORK/seed{seed}/results.pt so seeds can run in
+    separate processes and be aggregated by a final call with all of them."""
+    path = os.path.join(args.work, f"seed{seed}", "results.pt")
+    if os.path.exists(path):
+        got = torch.load(path)
+        if got["key"] == key:
+            print(f"seed {seed}: cached results from {path}")
+            return got
+    sample_seed = 1000 + seed
+    metrics, images = {}, {}
+    metrics["base"], imgs = evaluate(base, eval_prompts, seed=sample_seed, samples_per_prompt=1, num_steps=args.sample_steps)
+    images["base"] = imgs[:10]
+    print(f"seed {seed} base {metrics['base']}", flush=True)
+    for method in ("diffusion_dpo", "rankdpo"):
+        t0 = time.time()
+        backend = train_method(method, data, os.path.join(args.work, f"seed{seed}", method), seed, settings)
+        metrics[method], imgs = evaluate(backend, eval_prompts, seed=sample_seed, samples_per_prompt=1, num_steps=args.sample_steps)
+        metrics[method]["train_eval_s"] = time.time() - t0
+        images[method] = imgs[:10]
+        print(f"seed {seed} {method} {metrics[method]}", flush=True)
+    got = {"key": key, "metrics": metrics, "images": images}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(got, path)
+    return got
 
 
 def main() -> int:
@@ -67,24 +94,15 @@ def main() -> int:
     settings = MethodSettings(steps=args.steps, learning_rate=args.lr, dpo_beta=args.dpo_beta, rank_beta=args.dpo_beta / 2)
     eval_prompts = sample_prompts(args.n_eval, seed=12345, split="test")
     base = load_base("final")
+    key = {k: v for k, v in vars(args).items() if k not in ("seeds", "results")}
     results: dict[str, list[dict]] = {m: [] for m in METHODS}
     grid_images = {}
     for seed in args.seeds:
-        sample_seed = 1000 + seed
-        m, imgs = evaluate(base, eval_prompts, seed=sample_seed, samples_per_prompt=1, num_steps=args.sample_steps)
-        results["base"].append(m)
-        print(f"seed {seed} base {m}", flush=True)
+        got = run_seed(seed, args, key, base, data, settings, eval_prompts)
+        for m in METHODS:
+            results[m].append(got["metrics"][m])
         if seed == args.seeds[0]:
-            grid_images["base"] = imgs[:10]
-        for method in ("diffusion_dpo", "rankdpo"):
-            t0 = time.time()
-            backend = train_method(method, data, os.path.join(args.work, f"seed{seed}", method), seed, settings)
-            m, imgs = evaluate(backend, eval_prompts, seed=sample_seed, samples_per_prompt=1, num_steps=args.sample_steps)
-            m["train_eval_s"] = time.time() - t0
-            results[method].append(m)
-            print(f"seed {seed} {method} {m}", flush=True)
-            if seed == args.seeds[0]:
-                grid_images[method] = imgs[:10]
+            grid_images = got["images"]
     # ---- tables
     stem = os.path.join(args.results, "rankdpo")
     with open(stem + ".csv", "w", newline="") as f:
@@ -108,9 +126,10 @@ def main() -> int:
         "",
         f"Mean held-out reward (mean ± std over {len(args.seeds)} seeds) on {args.n_eval} test-split prompts (never seen in "
         f"pre-training or preference training), one image per prompt, DDIM {args.sample_steps} steps, CFG 3. "
-        f"`{HELDOUT_REWARD}` (all-or-nothing compositional correctness) was held out from labelling.",
+        "`geneval` (fraction of five GenEval-style binary checks: per group exact count and correct shape, and the "
+        "relation) and `geneval_strict` (all five pass) were held out from labelling.",
         "",
-        "| method | " + " | ".join(LABEL_REWARDS) + f" | {HELDOUT_REWARD} (held out) |",
+        "| method | " + " | ".join(LABEL_REWARDS) + " | " + " | ".join(f"{h} (held out)" for h in HELDOUT_REWARDS) + " |",
         "|---|" + "---|" * len(REWARD_COLS),
     ]
     for method in METHODS:

@@ -7,8 +7,10 @@ All three start from the world's pre-trained tiny UNet ("final") and use the sam
   * Diffusion-DPO trains on pairs from those lists, RankDPO on the lists (prefkit.diffusion.module).
   * SPO fits its step-aware CNN scorer on pairs from the same lists, then alternates multi-sample DDIM
     sampling from its current policy and per-step updates (prefkit.methods.spo).
-Held-out evaluation (never used for labels or selection): test-split prompts, deterministic DDIM (eta 0,
-CFG 3, 20 steps), `geneval` (all-or-nothing compositional correctness) and the mean label reward.
+Held-out evaluation (never used for labels or selection) is the shapes benchmark's (experiments/rankdpo.py):
+128 test-split prompts, one image each, DDIM eta 0, CFG 3, 10 steps, sampling seed 1000 + seed; `geneval`
+(share of 5 GenEval-style checks), `geneval_strict` (all pass) and the mean of the 4 label rewards. The
+baselines use the benchmark's MethodSettings (LoRA 8 wide, lr 1e-3, 32 UNet items per step, beta 1000/500).
 
 Compute is counted in per-sample UNet forward passes (CFG counts 2), split into (a) the shared labelled
 data (generation), (b) method-specific training: SPO = scorer fit + online sampling + policy + reference
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from prefkit.config import from_dict  # noqa: E402
 from prefkit.data.images import ImagePreferenceDataset, collate_image_groups, load_image_jsonl, ranked_to_pairs  # noqa: E402
 from prefkit.demos.spo import EVAL_GUIDANCE, EVAL_STEPS, cached_scorer, evaluate, labelled_data, plot_curves, save_grid  # noqa: E402
+from prefkit.worlds.shapes.benchmark import MethodSettings  # noqa: E402
 from prefkit.diffusion.module import DiffusionPreferenceModule  # noqa: E402
 from prefkit.diffusion.run_config import DiffusionModelConfig, load_backend  # noqa: E402
 from prefkit.methods.spo import RoundTrainer, SPORunConfig, make_score_fn_for, prompt_source, train_spo  # noqa: E402
@@ -49,26 +52,24 @@ def parse_args(argv=None):
     ap.add_argument("--out", default="experiments/results")
     ap.add_argument("--work", default="runs/exp_spo")
     ap.add_argument("--cache-root", default="runs/cache", help="labelled data and fitted scorer cache")
-    ap.add_argument("--n-data-prompts", type=int, default=256)
-    ap.add_argument("--n-eval-prompts", type=int, default=96)
-    ap.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (wide targets) for all three; 0 = full fine-tuning")
-    # SPO (paper settings except lr and the number of rounds)
-    ap.add_argument("--spo-rounds", type=int, default=8)
+    ap.add_argument("--data-dir", default="runs/exp_rankdpo/synpic",
+                    help="the benchmark's Syn-Pic set (reused if present, built there otherwise)")
+    ap.add_argument("--n-data-prompts", type=int, default=192)
+    ap.add_argument("--n-eval-prompts", type=int, default=128)
+    ap.add_argument("--eval-split", default="test", choices=["test", "train"],
+                    help="train = a validation probe for choosing settings (never choose on test)")
+    # SPO (paper settings except the sampler steps, lr, rounds; LoRA and lr as the baselines)
+    ap.add_argument("--spo-rounds", type=int, default=24)
     ap.add_argument("--spo-prompts-per-round", type=int, default=16)
-    ap.add_argument("--spo-eval-every", type=int, default=4)
+    ap.add_argument("--spo-eval-every", type=int, default=8)
     ap.add_argument("--spo-lr", type=float, default=1e-3)
-    ap.add_argument("--spo-batch-size", type=int, default=16)
+    ap.add_argument("--spo-batch-size", type=int, default=16, help="tuples per step (x2 UNet items with CFG)")
     ap.add_argument("--spo-k", type=int, default=4)
     ap.add_argument("--spo-threshold", type=float, default=0.3)
-    # Diffusion-DPO / RankDPO (configs/diffusion_dpo_shapes.yaml and configs/rankdpo_shapes.yaml)
-    ap.add_argument("--dpo-pairs", default="all", choices=["all", "best_worst"])
-    ap.add_argument("--dpo-steps", type=int, default=200)
-    ap.add_argument("--dpo-eval-every", type=int, default=100, help="optimizer steps between evaluations")
-    ap.add_argument("--dpo-lr", type=float, default=1e-3)
-    ap.add_argument("--dpo-beta", type=float, default=5000.0)
-    ap.add_argument("--dpo-batch-size", type=int, default=16, help="pairs per step")
-    ap.add_argument("--rankdpo-beta", type=float, default=2500.0)
-    ap.add_argument("--rankdpo-batch-size", type=int, default=8, help="lists of 4 per step")
+    ap.add_argument("--scorer-epochs", type=int, default=4)
+    # Diffusion-DPO / RankDPO: prefkit.worlds.shapes.benchmark.MethodSettings, trained in chunks to trace the curve
+    ap.add_argument("--dpo-steps", type=int, default=150)
+    ap.add_argument("--dpo-eval-every", type=int, default=50, help="optimizer steps between evaluations")
     return ap.parse_args(argv)
 
 
@@ -80,8 +81,8 @@ def train_cfg(out: Path, seed: int, lr: float, batch_size: int, warmup_ratio: fl
 
 def run_spo(args, seed: int, data_path: str, eval_prompts, base_m: dict, log):
     cfg = from_dict(SPORunConfig, {
-        "model": {"path": "shapes:final", "lora_rank": args.lora_rank, "lora_targets": "wide"},
-        "scorer": {"fit_data": data_path},
+        "model": {"path": "shapes:final", "lora_rank": MethodSettings().lora_rank, "lora_targets": MethodSettings().lora_targets},
+        "scorer": {"fit_data": data_path, "fit_epochs": args.scorer_epochs},
         "method": {"rounds": args.spo_rounds, "prompts_per_round": args.spo_prompts_per_round,
                    "sampler": {"num_inference_steps": EVAL_STEPS, "guidance_scale": EVAL_GUIDANCE, "eta": 1.0,
                                "num_candidates": args.spo_k, "threshold": args.spo_threshold}},
@@ -95,7 +96,7 @@ def run_spo(args, seed: int, data_path: str, eval_prompts, base_m: dict, log):
     def eval_fn(r, ledger):
         if r == 0:  # the base model, evaluated once for all methods
             return dict(base_m)
-        m, last["images"] = evaluate(backend, eval_prompts)
+        m, last["images"] = evaluate(backend, eval_prompts, seed=1000 + seed)
         return m
 
     res = train_spo(backend, reference, make_score_fn_for(backend, scorer),
@@ -106,8 +107,7 @@ def run_spo(args, seed: int, data_path: str, eval_prompts, base_m: dict, log):
         if "geneval" not in h:
             continue
         fixed = fit["unet_forwards"] if h["round"] > 0 else 0  # the scorer is fitted before round 1
-        curve.append({"method": "spo", "seed": seed, "step": h["round"], "geneval": h["geneval"],
-                      "label_reward": h["label_reward"], "unet_forwards": h["unet_forwards"] + fixed,
+        curve.append({"method": "spo", "seed": seed, "step": h["round"], **_pick(h), "unet_forwards": h["unet_forwards"] + fixed,
                       "wall_s": h["wall_s"] + (fit["seconds"] if h["round"] > 0 else 0.0),
                       "sampling_forwards": h["sampling_forwards"], "policy_forwards": h["policy_forwards"],
                       "reference_forwards": h["reference_forwards"], "scorer_forwards": fixed,
@@ -116,16 +116,17 @@ def run_spo(args, seed: int, data_path: str, eval_prompts, base_m: dict, log):
 
 
 def run_dpo(args, method: str, seed: int, data_path: str, eval_prompts, base_m: dict, log):
+    st = MethodSettings()
     lists, _ = load_image_jsonl(data_path)
     dpo = method == "diffusion_dpo"
-    examples = ranked_to_pairs(lists, args.dpo_pairs) if dpo else lists
-    backend, reference = load_backend(DiffusionModelConfig(path="shapes:final", lora_rank=args.lora_rank, lora_targets="wide"))
-    module = DiffusionPreferenceModule(backend, objective="dpo" if dpo else "rankdpo",
-                                       beta=args.dpo_beta if dpo else args.rankdpo_beta, reference_unet=reference)
+    examples = ranked_to_pairs(lists, st.pairs_from_ranked) if dpo else lists
+    backend, reference = load_backend(DiffusionModelConfig(path="shapes:final", lora_rank=st.lora_rank, lora_targets=st.lora_targets))
+    module = DiffusionPreferenceModule(backend, objective="dpo" if dpo else "rankdpo", beta=st.dpo_beta if dpo else st.rank_beta,
+                                       weighting=st.weighting, reference_unet=reference)
     ds = ImagePreferenceDataset(examples, backend.image_size)
-    bs = args.dpo_batch_size if dpo else args.rankdpo_batch_size
     k = 2 if dpo else max(len(e.images) for e in examples)
-    trainer = RoundTrainer(train_cfg(Path(args.work) / f"{method}_seed{seed}", seed, args.dpo_lr, bs, 0.05), module,
+    bs = st.items_per_step // k
+    trainer = RoundTrainer(train_cfg(Path(args.work) / f"{method}_seed{seed}", seed, st.learning_rate, bs, 0.05), module,
                            None, collate_image_groups, log=log)
     curve = [{"method": method, "seed": seed, "step": 0, **_pick(base_m), "unet_forwards": 0, "wall_s": 0.0}]
     wall, step, images = 0.0, 0, None
@@ -136,10 +137,10 @@ def run_dpo(args, method: str, seed: int, data_path: str, eval_prompts, base_m: 
         wall += time.perf_counter() - t0
         step += n
         backend.unet.eval()
-        m, images = evaluate(backend, eval_prompts)
+        m, images = evaluate(backend, eval_prompts, seed=1000 + seed)
         last = res.history[-1] if res.history else {}
         log(f"[{method} seed {seed}] step {step}: {json.dumps(_pick(m))} loss {last.get('loss', float('nan')):.4f}")
-        items = step * bs * k  # UNet items per pass (all lists here have K = 4)
+        items = step * bs * k  # UNet items through the policy (and as many through the reference)
         curve.append({"method": method, "seed": seed, "step": step, **_pick(m), "unet_forwards": 2 * items,
                       "wall_s": wall, "policy_forwards": items, "reference_forwards": items,
                       "train_loss": last.get("loss"), "pairs": len(examples)})
@@ -147,7 +148,7 @@ def run_dpo(args, method: str, seed: int, data_path: str, eval_prompts, base_m: 
 
 
 def _pick(m: dict) -> dict:
-    return {"geneval": m["geneval"], "label_reward": m["label_reward"]}
+    return {k: m[k] for k in ("geneval", "geneval_strict", "label_reward")}
 
 
 def mean_sd(xs):
@@ -160,7 +161,7 @@ def mean_sd(xs):
 def write_outputs(args, curves: list[dict], base_m: dict, data_meta: dict, grids: dict, eval_prompts) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    keys = ["method", "seed", "step", "geneval", "label_reward", "unet_forwards", "wall_s", "sampling_forwards",
+    keys = ["method", "seed", "step", "geneval", "geneval_strict", "label_reward", "unet_forwards", "wall_s", "sampling_forwards",
             "policy_forwards", "reference_forwards", "scorer_forwards", "pairs", "keep_rate", "train_loss"]
     (out / "spo_curves.csv").write_text(",".join(keys) + "\n" + "".join(
         ",".join("" if c.get(k) is None else str(round(c[k], 5) if isinstance(c[k], float) else c[k]) for k in keys) + "\n"
@@ -172,19 +173,21 @@ def write_outputs(args, curves: list[dict], base_m: dict, data_meta: dict, grids
         pts = []
         for s in steps:
             cs = [c for c in curves if c["method"] == meth and c["step"] == s]
-            pts.append({k: statistics.mean(c[k] for c in cs) for k in ("geneval", "label_reward", "unet_forwards", "wall_s")})
+            pts.append({k: statistics.mean(c[k] for c in cs) for k in ("geneval", "geneval_strict", "label_reward", "unet_forwards", "wall_s")})
         mean_curves[meth] = pts
     plot_curves(mean_curves, out / "spo_reward_vs_compute.png", "geneval")
     plot_curves(mean_curves, out / "spo_label_reward_vs_compute.png", "label_reward")
     lines = [
         "# SPO vs Diffusion-DPO vs RankDPO, shapes world (experiments/spo.py)", "",
         f"Seeds {args.seeds}; {args.n_eval_prompts} held-out test prompts, DDIM eta 0, CFG {EVAL_GUIDANCE}, {EVAL_STEPS} steps. "
-        + (f"LoRA rank {args.lora_rank} (wide targets)" if args.lora_rank else "Full fine-tuning") + " of the same base UNet.",
-        f"Shared labelled data: {data_meta['n_prompts']} train prompts x 4 generators, "
-        f"{data_meta['unet_forwards']} UNet forwards, {data_meta['seconds']:.0f} s to generate and label (not counted below).",
-        f"Base model: geneval {base_m['geneval']:.3f}, label reward {base_m['label_reward']:.3f}.", "",
-        "| method | geneval (mean ± sd) | label reward | training UNet forwards | of which sampling / policy / reference / scorer fit | training wall s |",
-        "|---|---|---|---|---|---|",
+        + f"All three: LoRA rank {MethodSettings().lora_rank} ({MethodSettings().lora_targets}) on the same base UNet, lr "
+        f"{MethodSettings().learning_rate:g}, constant schedule, 32 UNet items per optimizer step.",
+        f"Shared labelled data: {data_meta['n_prompts']} train prompts x 4 generators ({data_meta['unet_forwards']} UNet "
+        f"forwards to generate; not counted below, all three methods use it).",
+        f"Base model (mean over the seeds' sampling seeds): geneval {base_m['geneval']:.3f}, geneval_strict "
+        f"{base_m['geneval_strict']:.3f}, label reward {base_m['label_reward']:.3f}.", "",
+        "| method | geneval (mean ± sd) | geneval_strict | label reward | training UNet forwards | sampling / policy / reference / scorer fit | training wall s |",
+        "|---|---|---|---|---|---|---|",
     ]
     finals = {}
     for meth in args.methods:
@@ -192,12 +195,14 @@ def write_outputs(args, curves: list[dict], base_m: dict, data_meta: dict, grids
         cs = [c for c in curves if c["method"] == meth and c["step"] == last_step]
         g, gs = mean_sd([c["geneval"] for c in cs])
         lr_, lrs = mean_sd([c["label_reward"] for c in cs])
+        gst, gsts = mean_sd([c["geneval_strict"] for c in cs])
         f = statistics.mean(c["unet_forwards"] for c in cs)
         w = statistics.mean(c["wall_s"] for c in cs)
         parts = "/".join(str(int(statistics.mean(c.get(k) or 0 for c in cs)))
                          for k in ("sampling_forwards", "policy_forwards", "reference_forwards", "scorer_forwards"))
         finals[meth] = (g, f, w)
-        lines.append(f"| {meth} | {g:.3f} ± {gs:.3f} | {lr_:.3f} ± {lrs:.3f} | {f:.0f} | {parts} | {w:.0f} |")
+        lines.append(f"| {meth} (step {last_step}) | {g:.3f} ± {gs:.3f} | {gst:.3f} ± {gsts:.3f} | {lr_:.3f} ± {lrs:.3f} | "
+                     f"{f:.0f} | {parts} | {w:.0f} |")
     if "diffusion_dpo" in finals and "spo" in finals:
         target = finals["diffusion_dpo"][0]
         hit = next((p for p in mean_curves["spo"] if p["geneval"] >= target and p["unet_forwards"] > 0), None)
@@ -220,23 +225,27 @@ def write_outputs(args, curves: list[dict], base_m: dict, data_meta: dict, grids
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    log = print
-    data_path, data_meta = labelled_data(args.n_data_prompts, seed=0, cache_root=args.cache_root)
-    eval_prompts = sample_prompts(args.n_eval_prompts, seed=99, split="test")
+    log = lambda *a: print(*a, flush=True)
+    data_path, data_meta = labelled_data(args.data_dir, args.n_data_prompts, seed=0)
+    eval_prompts = sample_prompts(args.n_eval_prompts, seed=12345 if args.eval_split == "test" else 777, split=args.eval_split)
     backend, _ = load_backend(DiffusionModelConfig(path="shapes:final", lora_rank=0))
-    base_m, base_images = evaluate(backend, eval_prompts)
+    base_by_seed, grids = {}, {}
+    for seed in args.seeds:
+        base_by_seed[seed], images = evaluate(backend, eval_prompts, seed=1000 + seed)
+        log(f"base, sampling seed {1000 + seed}: {json.dumps(_pick(base_by_seed[seed]))}")
+        grids.setdefault("base", images)
     del backend
-    log(f"base: {base_m}")
-    curves, grids = [], {"base": base_images}
+    base_m = {k: statistics.mean(b[k] for b in base_by_seed.values()) for k in ("geneval", "geneval_strict", "label_reward")}
+    curves = []
     partial = Path(args.work) / "curves_partial.jsonl"
     partial.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for meth in args.methods:
             t0 = time.perf_counter()
             if meth == "spo":
-                curve, extra, images = run_spo(args, seed, data_path, eval_prompts, base_m, log)
+                curve, extra, images = run_spo(args, seed, data_path, eval_prompts, base_by_seed[seed], log)
             else:
-                curve, extra, images = run_dpo(args, meth, seed, data_path, eval_prompts, base_m, log)
+                curve, extra, images = run_dpo(args, meth, seed, data_path, eval_prompts, base_by_seed[seed], log)
             log(f"== {meth} seed {seed} done in {time.perf_counter() - t0:.0f} s: {json.dumps(curve[-1])}")
             curves += curve
             with partial.open("a") as f:

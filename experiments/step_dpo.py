@@ -36,6 +36,38 @@ from prefkit.worlds.arithmetic.model import pretrain  # noqa: E402
 def mean_sd(xs):
     return (statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
+FLOATS = {"accuracy", "ci_low", "ci_high"}
+INTS = {"seed", "n_correct", "n", "pairs"}
+
+
+def summarize(per_seed: list[dict], results: Path, name: str, *, tune: bool, note: str = "") -> None:
+    """Per-seed csv + a markdown table (mean, sd, per seed) + a bar plot (not for tuning)."""
+    split = per_seed[0]["split"]
+    seeds = sorted({r["seed"] for r in per_seed})
+    with open(results / f"{name}.csv", "w", newline="") as f:
+        keys = list(dict.fromkeys(k for r in per_seed for k in r))
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(per_seed)
+    groups: dict = {}
+    for r in per_seed:
+        groups.setdefault((r["method"], r.get("setting", "") or ""), []).append(r)
+    lines = [f"# Step-DPO on the arithmetic world ({split} split, {per_seed[0]['n']} problems, seeds {seeds})", "",
+             "| method | setting | mean accuracy | sd over seeds | per seed | pairs (mean) |", "|---|---|---|---|---|---|"]
+    bars = []
+    for (m, setting), rs in groups.items():
+        mu, sd = mean_sd([r["accuracy"] for r in rs])
+        accs = ", ".join(f"{r['accuracy']:.3f}" for r in rs)
+        lines.append(f"| {m} | {setting} | {mu:.3f} | {sd:.3f} | {accs} | {statistics.mean(r['pairs'] for r in rs):.0f} |")
+        half = 1.96 * sd / max(1, len(rs)) ** 0.5
+        bars.append({"method": m.replace(" (", "\n("), "accuracy": mu, "ci_low": mu - half, "ci_high": mu + half})
+    lines += ["", note, "Bars: mean over seeds, error bars 1.96 x sd / sqrt(seeds); each seed's own 95% Wilson "
+              "interval is in the csv. Seeds vary the pair sampling and the training order; the SFT model is fixed."]
+    (results / f"{name}.md").write_text("\n".join(lines) + "\n")
+    if not tune:
+        plot_bars(bars, results / f"{name}.png", f"Arithmetic world, {split} accuracy, seeds {seeds}")
+    print("\n".join(lines))
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -47,12 +79,28 @@ def main(argv=None) -> int:
     ap.add_argument("--tune", action="store_true", help="grid over Step-DPO / DPO settings, evaluated on val")
     ap.add_argument("--grid", default="", help='JSON list of {"step_dpo": {...}, "dpo": {...}} overrides for --tune')
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default="", help="suffix of the per-seed csv (to run seeds as parallel processes)")
+    ap.add_argument("--merge", nargs="*", default=None, help="only merge these per-seed csvs into the table/plot")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = load_demo_config(args.config, args.overrides)
-    runs, results = Path(args.runs), Path(args.results)
+    runs, results = Path(args.runs) / (args.tag or "all"), Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
+    if args.merge is not None:
+        rows = []
+        for f in args.merge:
+            with open(f) as fh:
+                rows += list(csv.DictReader(fh))
+        seen, merged = set(), []
+        for r in rows:  # the SFT row is repeated in every file
+            key = (r["method"], r["seed"], r.get("setting", ""))
+            if key not in seen:
+                seen.add(key)
+                merged.append({k: (float(v) if k in FLOATS else int(v) if k in INTS else v) for k, v in r.items()})
+        summarize(merged, results, "step_dpo_tuning" if args.tune else "step_dpo", tune=args.tune,
+                  note=f"merged from {', '.join(Path(f).name for f in args.merge)}")
+        return 0
     t0 = time.time()
     sft = pretrain(cfg.world, cfg.model, cfg.sft, cache_root=cfg.cache_root, split_seed=cfg.split_seed)
     files = problem_files(cfg, runs)
@@ -75,7 +123,13 @@ def main(argv=None) -> int:
                         dpo=replace(cfg.dpo, **g.get("dpo", {})))
             arms = tuple(a for a in ("dpo", "step_dpo") if a in g) or ("dpo", "step_dpo")
             for s in args.seeds:
-                res = run_arms(c, sft, files, runs / f"tune{gi}" / f"seed{s}", s, arms=arms, eval_splits=(split,))
+                pairs = runs / f"tune_pairs_seed{s}" / "step_pairs.jsonl"
+                if not pairs.exists():
+                    from prefkit.demos.step_dpo import build_pairs
+
+                    build_pairs(c, sft, files["pref"], pairs, s)
+                res = run_arms(c, sft, files, runs / f"tune{gi}" / f"seed{s}", s, arms=arms, eval_splits=(split,),
+                               pairs_from=pairs)
                 for arm in arms:
                     if arm in res:
                         record(arm, s, res[arm][split], res[arm]["pairs"], {"setting": json.dumps(g.get(arm, {}))})
@@ -98,31 +152,10 @@ def main(argv=None) -> int:
                 if "step_dpo" in res:
                     record("Step-DPO (OOD chosen)", s, res["step_dpo"][split], res["step_dpo"]["pairs"])
         name = "step_dpo"
-    with open(results / f"{name}.csv", "w", newline="") as f:
-        keys = sorted({k for r in per_seed for k in r}, key=lambda k: list(per_seed[0]).index(k) if k in per_seed[0] else 99)
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(per_seed)
-    groups: dict = {}
-    for r in per_seed:
-        groups.setdefault((r["method"], r.get("setting", "")), []).append(r)
-    lines = [f"# Step-DPO on the arithmetic world ({split} split, {sft_res.n} problems, seeds {args.seeds})", "",
-             "| method | setting | mean accuracy | sd over seeds | per seed | pairs (mean) |", "|---|---|---|---|---|---|"]
-    bars = []
-    for (m, setting), rs in groups.items():
-        mu, sd = mean_sd([r["accuracy"] for r in rs])
-        accs = ", ".join(f"{r['accuracy']:.3f}" for r in rs)
-        lines.append(f"| {m} | {setting} | {mu:.3f} | {sd:.3f} | {accs} | {statistics.mean(r['pairs'] for r in rs):.0f} |")
-        n = rs[0]["n"]
-        bars.append({"method": m if not setting else f"{m}\n{setting}", "accuracy": mu,
-                     "ci_low": mu - 1.96 * sd / max(1, len(rs)) ** 0.5, "ci_high": mu + 1.96 * sd / max(1, len(rs)) ** 0.5,
-                     "n": n})
-    lines += ["", f"SFT model: {sft}; total wall time {time.time() - t0:.0f}s with torch threads = {args.threads}.",
-              "Bars: mean over seeds, error bars 1.96 x sd / sqrt(seeds); each seed's own 95% Wilson interval is in the csv."]
-    (results / f"{name}.md").write_text("\n".join(lines) + "\n")
-    if not args.tune:
-        plot_bars(bars, results / f"{name}.png", f"Arithmetic world, {split} accuracy, seeds {args.seeds}")
-    print("\n".join(lines))
+    if args.tag:
+        name = f"{name}_{args.tag}"
+    summarize(per_seed, results, name, tune=args.tune,
+              note=f"SFT model: {sft}; wall time {time.time() - t0:.0f}s with torch threads = {args.threads}.")
     return 0
 
 

@@ -7,8 +7,9 @@
    (colour, shape, count, position) rank them into Syn-Pic win rates (the RankDPO / Diffusion-DPO data);
 3. a step-aware CNN preference model fitted on pairs of those images at random noise levels (cached);
 4. SPO rounds: multi-sample DDIM from the current policy, best/worst pairs per step, per-step updates;
-5. held-out evaluation on test-split prompts with the deterministic sampler (DDIM, eta 0, CFG 3, 20 steps):
-   `geneval` (all-or-nothing compositional correctness, never used for labels) and the mean label reward.
+5. held-out evaluation on test-split prompts with the shapes benchmark's sampler (DDIM eta 0, CFG 3,
+   10 steps): `geneval` (share of 5 GenEval-style checks, never used for labels), `geneval_strict`
+   (all 5 pass) and the mean of the 4 label rewards.
 Prints a table, writes results.csv, a reward-vs-compute plot and an image grid to the output folder.
 The helpers here (labelled data, scorer cache, evaluation, plots) are shared with experiments/spo.py.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-EVAL_STEPS, EVAL_GUIDANCE = 20, 3.0
+EVAL_STEPS, EVAL_GUIDANCE = 10, 3.0  # the shapes benchmark's sampler (prefkit.worlds.shapes.benchmark): DDIM 10 steps, CFG 3
 
 
 # ------------------------------------------------------------------------------------------- shared helpers
@@ -39,23 +40,21 @@ def generation_forwards(generators, n_prompts: int) -> int:
     return sum(n_prompts * g.steps * (1 if g.guidance == 1.0 else 2) for g in generators)
 
 
-def labelled_data(n_prompts: int, seed: int, cache_root: str = "runs/cache", progress: bool = True) -> tuple[str, dict]:
-    """Syn-Pic ranked lists for n train prompts (cached). Returns (ranked.jsonl, meta with its compute)."""
-    from prefkit.pipelines.ranked_images import build_ranked_images
-    from prefkit.worlds.shapes import DEFAULT_GENERATORS, LABEL_REWARDS, REWARDS, parse_generator, sample_prompts
+def labelled_data(out_dir: str, n_prompts: int, seed: int = 0, steps: int = EVAL_STEPS) -> tuple[str, dict]:
+    """The shapes benchmark's Syn-Pic ranked lists (build_synpic: the 4 default generators at `steps` DDIM
+    steps, win-rate labels of the 4 labelling rewards), reused if `out_dir` already holds them.
+    Returns (ranked.jsonl, meta with the generation compute)."""
+    from prefkit.worlds.shapes import DEFAULT_GENERATORS, parse_generator
+    from prefkit.worlds.shapes.benchmark import build_synpic
 
-    key = hashlib.sha1(json.dumps([base_key(), n_prompts, seed, DEFAULT_GENERATORS, LABEL_REWARDS]).encode()).hexdigest()[:10]
-    out = Path(cache_root) / f"spo_synpic_{key}"
-    meta_file = out / "meta.json"
-    if meta_file.exists():
-        return str(out / "ranked.jsonl"), json.loads(meta_file.read_text())
-    gens = [parse_generator(g) for g in DEFAULT_GENERATORS]
-    prompts = sample_prompts(n_prompts, seed=seed, split="train")
+    gens = tuple(f"{g},steps={steps}" for g in DEFAULT_GENERATORS)
     t0 = time.perf_counter()
-    path = build_ranked_images(prompts, gens, [REWARDS[r] for r in LABEL_REWARDS], str(out), seed=seed, progress=progress)
-    meta = {"n_prompts": n_prompts, "generators": list(DEFAULT_GENERATORS), "rewards": list(LABEL_REWARDS),
-            "unet_forwards": generation_forwards(gens, n_prompts), "seconds": time.perf_counter() - t0}
-    meta_file.write_text(json.dumps(meta, indent=1))
+    existed = os.path.exists(os.path.join(out_dir, "ranked.jsonl"))
+    path = build_synpic(out_dir, n_prompts, seed=seed, generators=gens)
+    n = sum(1 for _ in open(path))
+    meta = {"n_prompts": n, "generators": list(gens),
+            "unet_forwards": generation_forwards([parse_generator(g) for g in gens], n),
+            "seconds": None if existed else time.perf_counter() - t0}
     return path, meta
 
 
@@ -81,17 +80,14 @@ def cached_scorer(backend, data_path: str, cfg, cache_root: str = "runs/cache", 
     return scorer, meta
 
 
-@torch.no_grad()
-def evaluate(backend, prompts: list[str], seed: int = 1234) -> tuple[dict, torch.Tensor]:
-    """Held-out rewards of the backend's current UNet with the deterministic sampler; (metrics, images)."""
-    from prefkit.diffusion.ddim import generate
-    from prefkit.worlds.shapes import HELDOUT_REWARD, LABEL_REWARDS, score_all
+def evaluate(backend, prompts: list[str], seed: int = 1000) -> tuple[dict, torch.Tensor]:
+    """Held-out rewards with the shapes benchmark's evaluation (one image per prompt, DDIM eta 0, CFG 3,
+    EVAL_STEPS steps): every reward's mean, plus `label_reward` = the mean of the 4 labelling rewards."""
+    from prefkit.worlds.shapes import LABEL_REWARDS
+    from prefkit.worlds.shapes.benchmark import evaluate as bench_evaluate
 
-    images = generate(backend, prompts, num_steps=EVAL_STEPS, guidance=EVAL_GUIDANCE, eta=0.0, seed=seed)
-    scores = score_all(images, prompts)
-    m = {"geneval": float(scores[HELDOUT_REWARD].mean()),
-         "label_reward": float(torch.stack([scores[r] for r in LABEL_REWARDS]).mean())}
-    m.update({f"reward/{r}": float(scores[r].mean()) for r in LABEL_REWARDS})
+    m, images = bench_evaluate(backend, prompts, seed=seed, samples_per_prompt=1, guidance=EVAL_GUIDANCE, num_steps=EVAL_STEPS)
+    m["label_reward"] = sum(m[r] for r in LABEL_REWARDS) / len(LABEL_REWARDS)
     return m, images
 
 
@@ -154,8 +150,8 @@ class SPODemoConfig:
     prompts_per_round: int = 16
     n_eval_prompts: int = 64
     eval_every: int = 2
-    lora_rank: int = 0
-    learning_rate: float = 3e-5
+    lora_rank: int = 8
+    learning_rate: float = 1e-3
     seed: int = 0
     cache_root: str = "runs/cache"
 
@@ -169,7 +165,8 @@ def run_demo(dc: SPODemoConfig, log=print) -> list[dict]:
     torch.manual_seed(dc.seed)
     out = Path(dc.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data_path, data_meta = labelled_data(dc.n_data_prompts, seed=dc.seed, cache_root=dc.cache_root)
+    data_path, data_meta = labelled_data(os.path.join(dc.cache_root, f"spo_demo_synpic_{base_key()}_{dc.n_data_prompts}"),
+                                         dc.n_data_prompts, seed=dc.seed)
     cfg = from_dict(SPORunConfig, {
         "model": {"path": "shapes:final", "lora_rank": dc.lora_rank, "lora_targets": "wide"},
         "scorer": {"fit_data": data_path},
@@ -177,16 +174,16 @@ def run_demo(dc: SPODemoConfig, log=print) -> list[dict]:
                    "sampler": {"num_inference_steps": EVAL_STEPS, "guidance_scale": EVAL_GUIDANCE, "num_candidates": 4,
                                "threshold": 0.3, "eta": 1.0}},
         "data": {"prompts": "shapes:train", "seed": dc.seed},
-        "train": {"output_dir": str(out / "train"), "seed": dc.seed, "learning_rate": dc.learning_rate, "batch_size": 32,
+        "train": {"output_dir": str(out / "train"), "seed": dc.seed, "learning_rate": dc.learning_rate, "batch_size": 16,
                   "lr_scheduler": "constant", "warmup_ratio": 0.0, "weight_decay": 1e-4, "progress_bar": False},
     })
     backend, reference = load_backend(cfg.model)
     scorer, fit_meta = cached_scorer(backend, data_path, cfg, dc.cache_root, log=log)
-    eval_prompts = sample_prompts(dc.n_eval_prompts, seed=99, split="test")
+    eval_prompts = sample_prompts(dc.n_eval_prompts, seed=12345, split="test")
     grid = {}
 
     def eval_fn(r, ledger):
-        m, imgs = evaluate(backend, eval_prompts)
+        m, imgs = evaluate(backend, eval_prompts, seed=1000 + dc.seed)
         grid["base" if r == 0 else "spo"] = imgs
         return m
 

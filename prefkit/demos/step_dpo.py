@@ -93,16 +93,23 @@ def build_pairs(cfg: DemoConfig, policy: str | Path, problems: Path, out_file: P
 
 
 def run_arms(cfg: DemoConfig, sft_path: Path, files: dict[str, Path], out: Path, seed: int, *,
-             rectifier: str | Path | None = None, arms=("dpo", "step_dpo"), eval_splits=("test",)) -> dict:
-    """Pairs -> DPO and Step-DPO -> greedy accuracy. Returns {arm: {split: result, 'pairs', 'seconds'}}."""
+             rectifier: str | Path | None = None, arms=("dpo", "step_dpo"), eval_splits=("test",),
+             pairs_from: Path | None = None) -> dict:
+    """Pairs -> DPO and Step-DPO -> greedy accuracy. Returns {arm: {split: result, 'pairs', 'seconds'}}.
+    `pairs_from`: reuse a step-pairs file built earlier (same policy and seed) instead of sampling again."""
     from dataclasses import replace
 
-    from prefkit.methods.step_dpo import train_full_dpo, train_step_dpo
+    from prefkit.methods.step_dpo import read_rows, train_full_dpo, train_step_dpo
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    pairs_file = out / "step_pairs.jsonl"
-    rows, counts = build_pairs(cfg, sft_path, files["pref"], pairs_file, seed, rectifier)
+    if pairs_from is not None:
+        pairs_file = Path(pairs_from)
+        rows = read_rows(pairs_file)
+        counts = json.loads(pairs_file.with_name(pairs_file.name + ".stats.json").read_text())
+    else:
+        pairs_file = out / "step_pairs.jsonl"
+        rows, counts = build_pairs(cfg, sft_path, files["pref"], pairs_file, seed, rectifier)
     pair_seconds = time.time() - t0
     results: dict = {"_pairs": {"counts": counts, "seconds": pair_seconds}}
     for arm in arms:
