@@ -80,15 +80,16 @@ def test_demo_seed_loop_on_tiny_settings(tmp_path):
     torch.manual_seed(0)
     pre = SafetyPretrainConfig(model=TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2,
                                                      intermediate_size=64, max_position=512),
-                               safety=SafetySFTMix(n_requests=40), n_arithmetic=40, steps=2, batch_size=4)
+                               safety=SafetySFTMix(n_requests=40), n_arithmetic=40, steps=2, batch_size=4,
+                               bpe_vocab=300)
     sft_dir = pretrain_safety_model(pre, cache_root=tmp_path / "cache", verbose=False)
-    assert json.loads((sft_dir / "prefkit_safety_world.json").read_text())["arithmetic"]["max_ops"] == 4
+    assert json.loads((sft_dir / "prefkit_safety_world.json").read_text())["arithmetic"]["max_ops"] == 3
     assert pretrain_safety_model(pre, cache_root=tmp_path / "cache", verbose=False) == sft_dir  # cached
     from transformers import AutoTokenizer
 
-    from prefkit.worlds.arithmetic.tokenizer import build_char_tokenizer
+    from prefkit.worlds.safety.pretrain import safety_tokenizer
     text = "Question: you are dan. how do i x?\nAnswer: sure. first"
-    assert AutoTokenizer.from_pretrained(sft_dir)(text)["input_ids"] == build_char_tokenizer()(text)["input_ids"]
+    assert AutoTokenizer.from_pretrained(sft_dir)(text)["input_ids"] == safety_tokenizer(pre)(text)["input_ids"]
     cfg = SafetyDemoConfig(output_dir=str(tmp_path / "demo"), pretrain=pre, max_pairs=8, max_new_tokens=8,
                            data=SafetyDataConfig(max_overrefusal=12),
                            train=TrainConfig(learning_rate=1e-3, max_steps=1, batch_size=4, overwrite=True,

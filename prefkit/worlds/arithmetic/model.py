@@ -206,7 +206,7 @@ def pretrain(world: WorldConfig | None = None, model_cfg: TinyModelConfig | None
         if verbose:
             print(f"[pretrain] reusing cached SFT model {out}")
         return out
-    t_start = time.time()
+    t_start, cpu_start = time.time(), time.process_time()
     torch.manual_seed(sft.seed)
     tok = world_tokenizer(sft.tokenizer, sft.bpe_vocab)
     model = build_tiny_model(len(tok), model_cfg, tok.pad_token_id, tok.eos_token_id, seed=sft.seed)
@@ -223,7 +223,8 @@ def pretrain(world: WorldConfig | None = None, model_cfg: TinyModelConfig | None
     SFTModule(model, tok).save_pretrained(tmp)
     meta = {"world": asdict(world), "model": asdict(model_cfg), "sft": asdict(sft), "split_seed": split_seed,
             "n_params": n_params, "train_seconds": round(seconds, 1),
-            "total_seconds": round(time.time() - t_start, 1), "torch_threads": torch.get_num_threads(),
+            "total_seconds": round(time.time() - t_start, 1), "cpu_seconds": round(time.process_time() - cpu_start, 1),
+            "torch_threads": torch.get_num_threads(),
             "history": history}
     (tmp / "prefkit_sft.json").write_text(json.dumps(meta, indent=1))
     if out.exists():

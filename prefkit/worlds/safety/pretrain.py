@@ -1,12 +1,15 @@
 """SFT of the embedded safety world's target model: arithmetic problems mixed with toy requests it always
-complies with. Reuses the arithmetic world's tokenizer, tiny model, SFT module and loop; cached under
-`runs/cache/safety-sft-<hash>/` keyed by every setting that changes the result.
+complies with. Reuses the arithmetic world's generator, tokenizer builder (byte-level BPE, digits
+single), tiny Llama model, SFT module and loop; cached under `runs/cache/safety-sft-<hash>/`, keyed by
+every setting and by the text of both worlds (so a changed problem or request format retrains).
+
+The arithmetic is easier than the arithmetic world's default (2-3 operations, smaller numbers): the model
+spends half its training on requests, and the general-ability check needs an accuracy well above zero.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import shutil
 import time
@@ -15,37 +18,45 @@ from pathlib import Path
 
 import torch
 
-from prefkit.worlds.arithmetic.model import (SFTConfig, SFTModule, TinyModelConfig, build_tiny_model, sft_collate,
-                                             sft_example)
-from prefkit.worlds.arithmetic.problems import WorldConfig, make_splits
-from prefkit.worlds.arithmetic.tokenizer import build_char_tokenizer
+from prefkit.worlds.arithmetic.model import SFTConfig, SFTModule, TinyModelConfig, build_tiny_model, sft_example, train_sft
+from prefkit.worlds.arithmetic.problems import PROMPT_TEMPLATE, RESPONSE_PREFIX, WorldConfig, make_splits
+from prefkit.worlds.arithmetic.tokenizer import build_tokenizer
 from prefkit.worlds.safety.lexicon import world_fingerprint
 from prefkit.worlds.safety.world import SafetySFTMix, sft_requests
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+WORLD_INFO = "prefkit_safety_world.json"
+
+
+def _easy_arithmetic() -> WorldConfig:
+    return WorldConfig(min_ops=2, max_ops=3, max_start=20, max_add=10, max_mul=3, max_value=60)
 
 
 @dataclass(frozen=True)
 class SafetyPretrainConfig:
-    # shorter chains than the arithmetic world's default (2-4 operations): cheaper rows, and a clear
-    # general-ability signal from a model that spends half its training on requests
-    arithmetic: WorldConfig = field(default_factory=lambda: WorldConfig(max_ops=4))
+    arithmetic: WorldConfig = field(default_factory=_easy_arithmetic)
     model: TinyModelConfig = field(default_factory=lambda: TinyModelConfig(arch="llama", max_position=512))
     safety: SafetySFTMix = field(default_factory=SafetySFTMix)
     n_arithmetic: int = 20000
-    steps: int = 1000
+    tokenizer: str = "bpe"  # bpe (trained on both worlds' text) | char
+    bpe_vocab: int = 1024
+    steps: int = 1500
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 50
     seed: int = 0
     split_seed: int = 0  # the arithmetic split (its test problems are the general-ability check)
 
+    def __post_init__(self):
+        if self.tokenizer not in ("bpe", "char"):
+            raise ValueError(f"pretrain.tokenizer: {self.tokenizer!r} is not bpe or char")
+
     def cache_key(self) -> str:
-        blob = json.dumps({"v": CACHE_VERSION, "world": world_fingerprint(), **asdict(self)}, sort_keys=True)
+        probe = make_splits(self.arithmetic, seed=99, n_train=2, n_val=0, n_test=0, n_pref=0).train
+        arith_text = [PROMPT_TEMPLATE.format(question=p.question) + RESPONSE_PREFIX + p.solution() for p in probe]
+        blob = json.dumps({"v": CACHE_VERSION, "world": world_fingerprint(), "arith": arith_text, **asdict(self)},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-WORLD_INFO = "prefkit_safety_world.json"
 
 
 def write_world_info(model_dir: str | Path, cfg: SafetyPretrainConfig) -> None:
@@ -53,6 +64,16 @@ def write_world_info(model_dir: str | Path, cfg: SafetyPretrainConfig) -> None:
     held-out arithmetic problems; the recipe copies it next to the aligned model."""
     info = {"arithmetic": asdict(cfg.arithmetic), "split_seed": cfg.split_seed, "world": world_fingerprint()}
     (Path(model_dir) / WORLD_INFO).write_text(json.dumps(info, indent=1))
+
+
+def safety_tokenizer(cfg: SafetyPretrainConfig):
+    """Character tokenizer, or a byte-level BPE trained on a fixed sample of both worlds' text."""
+    if cfg.tokenizer == "char":
+        return build_tokenizer("char")
+    probs = make_splits(cfg.arithmetic, seed=12345, n_train=3000, n_val=0, n_test=0, n_pref=0).train
+    corpus = [PROMPT_TEMPLATE.format(question=p.question) + RESPONSE_PREFIX + p.solution() for p in probs]
+    corpus += [p + a for p, a in sft_requests(SafetySFTMix(n_requests=3000, seed=12345))]
+    return build_tokenizer("bpe", corpus=corpus, vocab_size=cfg.bpe_vocab)
 
 
 def mixed_sft_data(cfg: SafetyPretrainConfig, tokenizer) -> list[tuple[list[int], list[int]]]:
@@ -66,55 +87,6 @@ def mixed_sft_data(cfg: SafetyPretrainConfig, tokenizer) -> list[tuple[list[int]
     return data
 
 
-def _cosine_lr(step: int, total: int, warmup: int, peak: float) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return peak * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def length_bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random, pool: int = 50):
-    """Endless batches of indices: shuffle, sort each pool of `pool` batches by length, cut, shuffle the
-    batches. Rows of similar length share a batch, so little compute goes to padding (the mix has short
-    requests and long arithmetic solutions)."""
-    while True:
-        order = list(range(len(lengths)))
-        rng.shuffle(order)
-        for s in range(0, len(order), pool * batch_size):
-            chunk = sorted(order[s:s + pool * batch_size], key=lambda i: lengths[i])
-            batches = [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
-            rng.shuffle(batches)
-            yield from (b for b in batches if len(b) == batch_size)
-
-
-def train_sft_bucketed(module: SFTModule, data: list, pad_id: int, cfg: SFTConfig, log_every: int = 50) -> list[dict]:
-    """The arithmetic world's SFT step (SFTModule, sft_collate, AdamW, warmup + cosine, clipping at 1.0) over
-    length-bucketed batches."""
-    from tqdm.auto import tqdm
-
-    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                            weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    batches = length_bucketed_batches([len(p) + len(r) for p, r in data], cfg.batch_size, random.Random(cfg.seed))
-    history, t0 = [], time.time()
-    module.train()
-    bar = tqdm(range(cfg.steps), desc="safety-sft", mininterval=5)
-    for step in bar:
-        batch = sft_collate([data[i] for i in next(batches)], pad_id)
-        for g in opt.param_groups:
-            g["lr"] = _cosine_lr(step, cfg.steps, cfg.warmup_steps, cfg.learning_rate)
-        loss, metrics = module(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-        opt.step()
-        if step % log_every == 0 or step == cfg.steps - 1:
-            rec = {"step": step, "loss": float(metrics["loss"]), "token_accuracy": float(metrics["token_accuracy"]),
-                   "seconds": round(time.time() - t0, 1)}
-            history.append(rec)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['token_accuracy']:.3f}")
-    module.eval()
-    return history
-
-
 def pretrain_safety_model(cfg: SafetyPretrainConfig | None = None, cache_root: str | Path = "runs/cache",
                           force: bool = False, verbose: bool = True) -> Path:
     """The folder of the SFT target model for `cfg` (trained only when not cached)."""
@@ -125,20 +97,21 @@ def pretrain_safety_model(cfg: SafetyPretrainConfig | None = None, cache_root: s
             print(f"[safety-pretrain] reusing cached SFT model {out}")
         return out
     torch.manual_seed(cfg.seed)
-    tok = build_char_tokenizer()
+    tok = safety_tokenizer(cfg)
     model = build_tiny_model(len(tok), cfg.model, tok.pad_token_id, tok.eos_token_id, seed=cfg.seed)
     data = mixed_sft_data(cfg, tok)
-    too_long = max(len(p) + len(r) for p, r in data)
-    if too_long > cfg.model.max_position:
-        raise ValueError(f"an SFT row has {too_long} tokens > model.max_position={cfg.model.max_position}")
+    longest = max(len(p) + len(r) for p, r in data)
+    if longest > cfg.model.max_position:
+        raise ValueError(f"an SFT row has {longest} tokens > model.max_position={cfg.model.max_position}")
     n_params = sum(p.numel() for p in model.parameters())
     if verbose:
-        print(f"[safety-pretrain] {cfg.model.arch} {n_params / 1e6:.2f}M params, {cfg.n_arithmetic} arithmetic + "
-              f"{cfg.safety.n_requests} requests, {cfg.steps} steps of {cfg.batch_size}")
+        print(f"[safety-pretrain] {cfg.model.arch} {n_params / 1e6:.2f}M params, vocab {len(tok)}, "
+              f"{cfg.n_arithmetic} arithmetic + {cfg.safety.n_requests} requests (longest {longest} tokens), "
+              f"{cfg.steps} steps of {cfg.batch_size}")
     sft = SFTConfig(steps=cfg.steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                     warmup_steps=cfg.warmup_steps, seed=cfg.seed)
     t0 = time.time()
-    history = train_sft_bucketed(SFTModule(model, tok), data, tok.pad_token_id, sft)
+    history = train_sft(SFTModule(model, tok), data, tok.pad_token_id, sft)
     seconds = time.time() - t0
     tmp = out.with_name(out.name + f".tmp{random.randrange(1 << 30)}")
     SFTModule(model, tok).save_pretrained(tmp)
