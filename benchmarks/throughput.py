@@ -75,16 +75,19 @@ def run_variant(variant: str, policy, ref, groups, shape, batch: int, s: RunSett
 def plan(args, cfg) -> list[tuple[str, str, int, str]]:
     """(phase, shape, batch, variant) in priority order; the time budget cuts from the end."""
     items = []
+    order = [v for v in (args.variants or []) if v in CORE + PRECOMPUTED]  # --variants also sets the run order
+    core = [v for v in order if v in CORE] if order else list(CORE)
+    pre = [v for v in order if v in PRECOMPUTED] if order else list(PRECOMPUTED)
     for name in args.shapes:
         for b in (cfg["ranked_batches"] if SHAPES[name].k > 2 else cfg["batches"]):
-            items += [("timed", name, b, v) for v in CORE]
+            items += [("timed", name, b, v) for v in core]
     if cfg["dtype"] != torch.float32:
         for name in args.shapes:
-            items += [("fp32-check", name, args.check_batch, v) for v in CORE]
+            items += [("fp32-check", name, args.check_batch, v) for v in core]
     for name in args.shapes:
         if name in cfg["precomputed"]:
             b = (cfg["ranked_batches"] if SHAPES[name].k > 2 else cfg["batches"])[0]
-            items += [("timed", name, b, v) for v in PRECOMPUTED]
+            items += [("timed", name, b, v) for v in pre]
     if args.device == "cuda" and not args.no_flex:
         for name in args.shapes:
             for b in (cfg["ranked_batches"] if SHAPES[name].k > 2 else cfg["batches"]):
@@ -181,7 +184,7 @@ def parse_args(argv=None):
     p.add_argument("--dry-run", action="store_true", help="micro model, shapes / 16, 1 timed window: the same code path")
     p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     p.add_argument("--batches", type=int, nargs="+", help="override the mode's batch sizes (pairs / lists)")
-    p.add_argument("--variants", nargs="+", help="only these variants (e.g. trl prefkit-prefix)")
+    p.add_argument("--variants", nargs="+", help="only these variants, run in this order (e.g. prefkit-prefix trl)")
     p.add_argument("--window-steps", type=int)
     p.add_argument("--timed-windows", type=int)
     p.add_argument("--no-precomputed", action="store_true")

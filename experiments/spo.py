@@ -67,6 +67,7 @@ def parse_args(argv=None):
     ap.add_argument("--spo-k", type=int, default=4)
     ap.add_argument("--spo-threshold", type=float, default=0.3)
     ap.add_argument("--scorer-epochs", type=int, default=4)
+    ap.add_argument("--diag-prompts", type=int, default=48, help="prompts for the step-label agreement diagnostic (0 = skip)")
     # Diffusion-DPO / RankDPO: prefkit.worlds.shapes.benchmark.MethodSettings, trained in chunks to trace the curve
     ap.add_argument("--dpo-steps", type=int, default=150)
     ap.add_argument("--dpo-eval-every", type=int, default=50, help="optimizer steps between evaluations")
@@ -115,6 +116,50 @@ def run_spo(args, seed: int, data_path: str, eval_prompts, base_m: dict, log):
     return curve, {"scorer_fit": fit}, last["images"]
 
 
+@torch.no_grad()
+def step_label_agreement(args, seed: int, data_path: str, log) -> list[dict]:
+    """SPO's premise, measured: do the step scorer's choices lead to better final images? One round of the
+    sampler from the base model (threshold 0: every comparison), then both candidates of each pair are
+    finished with deterministic DDIM (eta 0) and scored; per sampler step, the share of pairs where the
+    winner's final image has the higher mean label reward (and the higher held-out geneval); ties count 1/2."""
+    from prefkit.diffusion.ddim import ddim_step, guided_eps as plain_eps
+    from prefkit.diffusion.spo_sampler import SPOSamplerConfig, ddim_schedule, spo_sample
+    from prefkit.worlds.shapes import LABEL_REWARDS, score_all
+
+    cfg = from_dict(SPORunConfig, {"scorer": {"fit_data": data_path, "fit_epochs": args.scorer_epochs},
+                                   "method": {"sampler": {"num_inference_steps": EVAL_STEPS, "guidance_scale": EVAL_GUIDANCE}}})
+    backend, _ = load_backend(DiffusionModelConfig(path="shapes:final", lora_rank=0))
+    backend.unet.eval()
+    scorer, _ = cached_scorer(backend, data_path, cfg, args.cache_root, log=log)
+    prompts = sample_prompts(args.diag_prompts, seed=4242 + seed, split="train")
+    cond = backend.encode_text(prompts)
+    uncond = backend.encode_text([""]).expand_as(cond)
+    scfg = SPOSamplerConfig(num_inference_steps=EVAL_STEPS, guidance_scale=EVAL_GUIDANCE, num_candidates=args.spo_k, threshold=0.0)
+    out = spo_sample(backend.unet, backend.scheduler, cond, uncond, make_score_fn_for(backend, scorer)(prompts, cond), scfg,
+                     shape=(3, backend.image_size, backend.image_size), generator=torch.Generator().manual_seed(seed))
+    grid, p = ddim_schedule(backend.scheduler, EVAL_STEPS), out.pairs
+    rows = []
+    for i in sorted(set(p.step_index.tolist())):
+        idx = (p.step_index == i).nonzero().squeeze(1)
+        x = torch.cat([p.x_w[idx], p.x_l[idx]])  # (2n, C, H, W) at the timestep after step i
+        c = torch.cat([cond[p.rows[idx]], cond[p.rows[idx]]])
+        u = torch.cat([uncond[p.rows[idx]], uncond[p.rows[idx]]])
+        for t, a_t, a_p in grid[i + 1:]:
+            eps = plain_eps(backend.unet, x, t, c, u, EVAL_GUIDANCE)
+            x = ddim_step(x, eps, torch.tensor(a_t), torch.tensor(a_p), eta=0.0, clip_sample=True).prev
+        ps = [prompts[int(r)] for r in p.rows[idx]] * 2
+        sc = score_all(backend.decode_latents(x), ps)
+        lab = torch.stack([sc[r] for r in LABEL_REWARDS]).mean(0)
+        n = len(idx)
+        agree = lambda v: float(((v[:n] > v[n:]).float() + 0.5 * (v[:n] == v[n:]).float()).mean())
+        gap = torch.stack([p.score_w[idx], p.score_l[idx]]).softmax(0)
+        rows.append({"step_index": i, "t": grid[i][0], "pairs": n, "label_agreement": agree(lab),
+                     "geneval_agreement": agree(sc["geneval"]), "mean_softmax_gap": float((gap[0] - gap[1]).mean()),
+                     "kept_at_threshold": float(((gap[0] - gap[1]) > args.spo_threshold).float().mean())})
+        log(f"[diag] {json.dumps(rows[-1])}")
+    return rows
+
+
 def run_dpo(args, method: str, seed: int, data_path: str, eval_prompts, base_m: dict, log):
     st = MethodSettings()
     lists, _ = load_image_jsonl(data_path)
@@ -158,7 +203,7 @@ def mean_sd(xs):
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def write_outputs(args, curves: list[dict], base_m: dict, data_meta: dict, grids: dict, eval_prompts) -> None:
+def write_outputs(args, curves: list[dict], base_m: dict, data_meta: dict, grids: dict, eval_prompts, diag: list[dict]) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     keys = ["method", "seed", "step", "geneval", "geneval_strict", "label_reward", "unet_forwards", "wall_s", "sampling_forwards",
@@ -214,6 +259,15 @@ def write_outputs(args, curves: list[dict], base_m: dict, data_meta: dict, grids
                          f"{finals['diffusion_dpo'][2] / max(hit['wall_s'], 1e-9):.2f} in wall time (> 1: SPO needed less).")
         else:
             lines.append("SPO's mean curve does not reach it within its budget.")
+    if diag:
+        lines += ["", f"Step scorer vs final outcome (base model, {args.diag_prompts} train prompts, k = {args.spo_k}): both "
+                      "candidates of every comparison finished with DDIM eta 0; share of pairs whose winner ends with the "
+                      "higher mean label reward / geneval (ties 1/2), and the share the threshold would keep.", "",
+                  "| sampler step | t | pairs | label agreement | geneval agreement | mean softmax gap | kept at threshold |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {d['step_index']} | {d['t']} | {d['pairs']} | {d['label_agreement']:.3f} | {d['geneval_agreement']:.3f} | "
+                  f"{d['mean_softmax_gap']:.3f} | {d['kept_at_threshold']:.3f} |" for d in diag]
+        (out / "spo_step_agreement.json").write_text(json.dumps(diag, indent=1))
     lines += ["", "Per evaluation point: spo_curves.csv. Plots: spo_reward_vs_compute.png (geneval), "
                   "spo_label_reward_vs_compute.png. Images: spo_grid.png (seed "
                   f"{args.seeds[0]}, first 8 test prompts)."]
@@ -236,6 +290,7 @@ def main(argv=None) -> int:
         grids.setdefault("base", images)
     del backend
     base_m = {k: statistics.mean(b[k] for b in base_by_seed.values()) for k in ("geneval", "geneval_strict", "label_reward")}
+    diag = step_label_agreement(args, args.seeds[0], data_path, log) if args.diag_prompts and "spo" in args.methods else []
     curves = []
     partial = Path(args.work) / "curves_partial.jsonl"
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -252,7 +307,7 @@ def main(argv=None) -> int:
                 f.write("".join(json.dumps(c) + "\n" for c in curve))
             if seed == args.seeds[0]:
                 grids[meth] = images
-    write_outputs(args, curves, base_m, data_meta, grids, eval_prompts)
+    write_outputs(args, curves, base_m, data_meta, grids, eval_prompts, diag)
     return 0
 
 

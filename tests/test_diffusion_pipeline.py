@@ -65,6 +65,9 @@ def test_read_prompts_errors(tmp_path):
     p.write_text('{"prompt": "a"}\n{"text": "b"}\n')
     with pytest.raises(Exception, match=r"row 2, field 'prompt'"):
         read_prompts(str(p))
+    assert len(read_prompts("shapes:train:4:1")) == 4
+    with pytest.raises(ValueError, match="SPLIT:N"):
+        read_prompts("shapes:train")
 
 
 def test_cli_with_local_diffusers_pipelines_and_clip_reward(tmp_path, capsys):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -114,10 +114,17 @@ class DiffusionBackend:
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """(N, L, D) last hidden states of the text encoder; "" gives the unconditional embedding."""
+        self._follow_unet(self.text_encoder)
         max_len = min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings)
         enc = self.tokenizer(list(prompts), padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
         ids = enc["input_ids"].to(self.device)
         return self.text_encoder(ids).last_hidden_state
+
+    def _follow_unet(self, module) -> None:
+        """The frozen parts live wherever the UNet is (the Trainer moves only the UNet)."""
+        dev = self.device
+        if next(module.parameters()).device != dev:
+            module.to(dev)
 
     # ---- images <-> latents ----
     @property
@@ -138,6 +145,7 @@ class DiffusionBackend:
         """(N, 3, H, W) in [-1, 1] -> (N, C, h, w) latents (a sample of the VAE posterior, scaled)."""
         if self.vae is None:
             return pixels.to(self.device)
+        self._follow_unet(self.vae)
         dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
         return dist.sample(generator) * self.vae.config.scaling_factor
 
@@ -146,6 +154,7 @@ class DiffusionBackend:
         """(N, C, h, w) -> (N, 3, H, W) in [-1, 1]."""
         if self.vae is None:
             return latents.clamp(-1, 1)
+        self._follow_unet(self.vae)
         return self.vae.decode(latents / self.vae.config.scaling_factor).sample.clamp(-1, 1)
 
     # ---- save / load (Stable-Diffusion folder layout) ----
@@ -206,5 +215,3 @@ def build_tiny_backend(cfg: TinyConfig, tokenizer=None, seed: int = 0) -> Diffus
     return DiffusionBackend(unet, scheduler, text_encoder, tokenizer, vae)
 
 
-def tiny_config_dict(cfg: TinyConfig) -> dict:
-    return asdict(cfg)

@@ -1,7 +1,7 @@
 """Syn-Pic style synthetic ranked image preferences (Karthik et al. 2024, RankDPO section 3).
 
-    prefkit build ranked-images --prompts prompts.txt --out runs/synpic \
-        --generators shapes:early,cfg=3 shapes:mid,cfg=3 shapes:final,cfg=1 shapes:final,cfg=3 \
+    prefkit build ranked-images --prompts shapes:train:192 --out runs/synpic \
+        --generators shapes:mid,cfg=3 shapes:final,cfg=1.5 shapes:final,cfg=3,seed=1 shapes:final,cfg=5,seed=2 \
         --rewards colour shape count position
 
 k generators make one image each per prompt; n reward models score all k; each image gets
@@ -10,7 +10,8 @@ k generators make one image each per prompt; n reward models score all k; each i
 Writes OUT/images/*.png and OUT/ranked.jsonl ({"caption", "images", "scores" = psi, "rewards", "generators"}),
 which `prefkit.data.images.load_image_jsonl` reads back.
 
-Generators: `shapes:CKPT[,cfg=G,steps=N,eta=E,seed=S]` (the embedded world) or a local diffusers pipeline
+Prompts: a .txt (one per line) or .jsonl ("prompt") file, or `shapes:SPLIT:N[:SEED]` for N prompts of the
+shapes world's grammar. Generators: `shapes:CKPT[,cfg=G,steps=N,eta=E,seed=S]` (the embedded world) or a local diffusers pipeline
 folder `PATH[,cfg=G,steps=N]`. Rewards: the embedded world's names (colour, shape, count, position, geneval),
 `clip:PATH` (CLIP score from local weights), or `python:module:attr` for any callable
 `reward(images (N,3,H,W) in [-1,1], prompts) -> (N,)`.
@@ -108,7 +109,14 @@ def resolve_reward(spec: str):
 
 
 def read_prompts(path: str) -> list[str]:
-    """One prompt per line (.txt) or rows with "prompt"/"caption" (.jsonl); errors name file and row."""
+    """One prompt per line (.txt), rows with "prompt"/"caption" (.jsonl), or shapes:SPLIT:N[:SEED]; errors name file and row."""
+    if path.startswith("shapes:"):
+        from prefkit.worlds.shapes.grammar import sample_prompts
+
+        parts = path.split(":")
+        if len(parts) not in (3, 4) or not all(p.isdigit() for p in parts[2:]):
+            raise ValueError(f"--prompts {path!r}: expected shapes:SPLIT:N[:SEED], e.g. shapes:train:192")
+        return sample_prompts(int(parts[2]), seed=int(parts[3]) if len(parts) == 4 else 0, split=parts[1])
     if not os.path.exists(path):
         raise DataError(path, None, None, "file not found")
     out = []
@@ -176,7 +184,7 @@ def build_ranked_images(prompts: list[str], generators: list, rewards: list, out
 
 def cli_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="prefkit build ranked-images", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--prompts", required=True, help="prompts file: .txt (one per line) or .jsonl with 'prompt'")
+    ap.add_argument("--prompts", required=True, help="prompts file: .txt (one per line) or .jsonl with 'prompt'; or shapes:SPLIT:N[:SEED]")
     ap.add_argument("--generators", nargs="+", required=True, help="k >= 2 generator specs (shapes:CKPT,... or a local pipeline folder)")
     ap.add_argument("--rewards", nargs="+", required=True, help="n >= 1 reward specs (colour, shape, ..., clip:PATH, python:mod:attr)")
     ap.add_argument("--out", required=True, help="output folder (images/ and ranked.jsonl)")

@@ -150,6 +150,7 @@ class VLLMSampler(Sampler):
             raise ImportError("the vLLM sampling backend needs vllm: pip install 'prefkit[vllm]' "
                               "(or use backend='hf', transformers generate)") from e
         self.llm = LLM(model=model_path, **engine_kwargs)
+        self.tokenizer = self.llm.get_tokenizer()  # for chat templates (render_chat)
 
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[str]]:  # pragma: no cover
         from vllm import SamplingParams as VSamplingParams
