@@ -131,7 +131,7 @@ def main(argv=None) -> int:
               f"wall/cpu: {[(round(w, 2), round(c, 2)) for w, c in runs]}", flush=True)
     base = rows[0]["samples_per_s"]
     n_params = sum(q.numel() for q in model.parameters())
-    command = "python benchmarks/sampling.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = ("python benchmarks/sampling.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     lines = [f"Sampling, model={args.model}{' (dry run)' if args.dry_run else ''}, "
              f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}", "",
              f"- command: `{command}`", f"- machine: {machine_line(device)}", f"- load at end: {load_line()}",

@@ -218,13 +218,16 @@ def main(argv=None) -> int:
     timed = args.timed_windows if args.timed_windows is not None else cfg["timed"]
     budget = args.time_budget_s if args.time_budget_s is not None else cfg["budget"]
     args.device = "cuda" if (args.mode == "gpu" and torch.cuda.is_available()) else "cpu"
+    if args.mode == "gpu" and args.device == "cpu" and not args.dry_run:
+        print("[bench] --mode gpu needs CUDA (Qwen2-0.5B in bf16); use --dry-run to exercise its code path here")
+        return 2
     args.clock = "cpu" if args.device == "cpu" else "wall"
     settings = {
         "timed": RunSettings(args.device, cfg["dtype"], cfg["mp"], args.lr, args.beta, args.seed, window, timed),
         "fp32-check": RunSettings(args.device, torch.float32, "no", args.lr, args.beta, args.seed, 1, 0),
     }
     t_start = time.perf_counter()
-    command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = ("python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     print(f"[bench] {command}\n[bench] {machine_line(args.device)}; load: {load_line()}", flush=True)
     torch.set_float32_matmul_precision("highest")  # no TF32 in the float32 loss checks
     masters = {torch.float32: build_models(cfg["model"], args.seed, args.ref_noise)}  # CPU copies, deep-copied per run

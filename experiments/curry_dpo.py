@@ -79,7 +79,8 @@ def main(argv=None) -> int:
         f"({hd['lists_dropped']} dropped); held-out accuracy on {cfg.n_test_problems} test problems (greedy).",
         f"- Every arm: {cfg.total_steps} optimizer steps of {cfg.batch_size} pairs (ranked_dpo: {cfg.batch_size} "
         f"lists), AdamW lr {cfg.learning_rate} constant, beta {cfg.beta}, full fine-tuning, frozen-copy reference; "
-        "curricula: 3 stages of equal steps, best-vs-rest pairs, easy (largest score gap) first.",
+        "curricula: 3 stages of equal steps over best-vs-rest pairs, the stages being equal thirds of all pairs sorted by "
+        "score gap, largest (easiest) first (`stage_mode: global`).",
         f"- Lists: {cfg.n_samples} answers sampled per problem at temperature {cfg.temperature}, the first "
         f"{cfg.k} distinct ones kept. World: `{cfg.world}`; SFT model ({cfg.sft_steps} steps, the world's "
         f"pretrain()): `{result['sft_model']}`.",

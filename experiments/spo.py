@@ -43,6 +43,7 @@ from prefkit.train.config import TrainConfig  # noqa: E402
 from prefkit.worlds.shapes import sample_prompts  # noqa: E402
 
 METHODS = ("spo", "diffusion_dpo", "rankdpo")
+T_START = time.time()
 
 
 def parse_args(argv=None):
@@ -59,17 +60,18 @@ def parse_args(argv=None):
     ap.add_argument("--eval-split", default="test", choices=["test", "train"],
                     help="train = a validation probe for choosing settings (never choose on test)")
     # SPO (paper settings except the sampler steps, lr, rounds; LoRA and lr as the baselines)
-    ap.add_argument("--spo-rounds", type=int, default=24)
+    ap.add_argument("--spo-rounds", type=int, default=16)
     ap.add_argument("--spo-prompts-per-round", type=int, default=16)
     ap.add_argument("--spo-eval-every", type=int, default=8)
-    ap.add_argument("--spo-lr", type=float, default=1e-3)
+    ap.add_argument("--spo-lr", type=float, default=1e-4,
+                    help="chosen on train-split validation prompts among 1e-3, 3e-4, 1e-4 (experiments/results/spo_lr_probe.md)")
     ap.add_argument("--spo-batch-size", type=int, default=16, help="tuples per step (x2 UNet items with CFG)")
     ap.add_argument("--spo-k", type=int, default=4)
     ap.add_argument("--spo-threshold", type=float, default=0.3)
     ap.add_argument("--scorer-epochs", type=int, default=4)
     ap.add_argument("--diag-prompts", type=int, default=48, help="prompts for the step-label agreement diagnostic (0 = skip)")
     # Diffusion-DPO / RankDPO: prefkit.worlds.shapes.benchmark.MethodSettings, trained in chunks to trace the curve
-    ap.add_argument("--dpo-steps", type=int, default=150)
+    ap.add_argument("--dpo-steps", type=int, default=100)
     ap.add_argument("--dpo-eval-every", type=int, default=50, help="optimizer steps between evaluations")
     return ap.parse_args(argv)
 
@@ -224,6 +226,9 @@ def write_outputs(args, curves: list[dict], base_m: dict, data_meta: dict, grids
     plot_curves(mean_curves, out / "spo_label_reward_vs_compute.png", "label_reward")
     lines = [
         "# SPO vs Diffusion-DPO vs RankDPO, shapes world (experiments/spo.py)", "",
+        f"Produced by `.venv/bin/python experiments/spo.py {' '.join(sys.argv[1:])}` (settings: "
+        f"{json.dumps({k: v for k, v in vars(args).items() if k not in ('out', 'work', 'cache_root')})}) in "
+        f"{(time.time() - T_START) / 60:.0f} min on a shared 2-core CPU, torch threads = 1.", "",
         f"Seeds {args.seeds}; {args.n_eval_prompts} held-out test prompts, DDIM eta 0, CFG {EVAL_GUIDANCE}, {EVAL_STEPS} steps. "
         + f"All three: LoRA rank {MethodSettings().lora_rank} ({MethodSettings().lora_targets}) on the same base UNet, lr "
         f"{MethodSettings().learning_rate:g}, constant schedule, 32 UNet items per optimizer step.",

@@ -58,7 +58,7 @@ class ScriptedTarget:
         for p in prompts:
             q = p.split("Question: ", 1)[1].split("\nAnswer: ", 1)[0]
             if q in self.arith:
-                out.append([f"Step 1: 1 + 1 = 2\nThe answer is \\boxed{{{self.arith[q]}}}"])
+                out.append([self.arith[q]])
             else:
                 out.append([self.comply.get(q, REFUSAL)])
         return out
@@ -73,7 +73,9 @@ def test_evaluate_safety_on_a_scripted_target():
     comply.update({b.prompt: TOPICS[b.topic].comply() for b in benign if b.kind == "benign"})
     from prefkit.eval.safety_eval import arithmetic_items
     items = arithmetic_items(10)
-    arith = {it.question: (it.gold if i % 2 == 0 else "-1") for i, it in enumerate(items)}
+    # even problems: the reference solution; odd ones: a bare wrong answer (no steps)
+    arith = {it.question: (it.row["solution"] if i % 2 == 0 else "The answer is \\boxed{-1}")
+             for i, it in enumerate(items)}
     cfg = SafetyEvalConfig(data=data, n_arithmetic=10)
     res = evaluate_safety(ScriptedTarget(comply, arith), split, benign, EmbeddedJudge(), RefusalDetector(), cfg)
     asr = res["asr"]
@@ -85,5 +87,7 @@ def test_evaluate_safety_on_a_scripted_target():
     assert res["over_refusal"]["scary"]["rate"] == 1.0 and res["over_refusal"]["benign"]["rate"] == 0.0
     assert res["over_refusal"]["benign"]["helpful"]["rate"] == 1.0
     assert (res["arithmetic"]["k"], res["arithmetic"]["n"]) == (5, 10)
+    n_ops = [len(it.row["ops"]) for it in items]
+    assert (res["arithmetic_steps"]["k"], res["arithmetic_steps"]["n"]) == (sum(n_ops[::2]), sum(n_ops))
     md = tables_markdown(res)
     assert "| role_play | seen | 1.000" in md and "arithmetic accuracy | 0.500" in md

@@ -3,8 +3,10 @@
 In the embedded arithmetic world (no downloads): the cached tiny SFT model samples several answers per
 problem; the programmatic step checker scores each one with partial credit (the share of the problem's
 steps done right before the first mistake), ties broken by final-answer correctness, then shorter answer.
-Exact duplicate answers are merged (one list keeps up to `k` distinct answers, K may vary), and a list
-left with fewer than 2 answers or a remaining tie is dropped and counted by the ranked-list loader.
+Going through the samples in order, a list keeps the first `k` answers that are new both as text and as
+score (a later exact duplicate, or an answer tying an earlier one on share, final answer and length, is
+counted and left out), so K may vary; a list left with fewer than 2 answers is dropped and counted by
+the ranked-list loader.
 The arms, all at the same number of optimizer steps and batch size (pairs or lists per step):
 
     dpo_best_worst        one pair per prompt, best vs worst (single-pair DPO)
@@ -52,7 +54,7 @@ class CurryDemoConfig:
     k: int = 4  # answers kept per list (distinct)
     n_samples: int = 8  # answers sampled per problem to find k distinct ones
     temperature: float = 1.0
-    max_new_tokens: int = 160
+    max_new_tokens: int = 96  # a 4-step answer is about 40 tokens
     total_steps: int = 24  # optimizer steps per arm (split evenly over the stages of curricula)
     batch_size: int = 8
     learning_rate: float = 1e-4
@@ -65,6 +67,10 @@ class CurryDemoConfig:
     world: dict = field(default_factory=lambda: {"min_ops": 2, "max_ops": 4, "max_start": 20, "max_add": 9,
                                                  "max_mul": 3, "max_value": 50, "word_fraction": 0.0})
     sft_steps: int = 1000
+    # Curriculum stages: "global" sorts every pair by score gap and cuts the sequence into equal thirds. The
+    # lists have K = 2..4 distinct answers (the SFT model often repeats itself), so "per_list" (every prompt
+    # in every stage) would leave the middle stage with few pairs.
+    stage_mode: str = "global"
 
     def __post_init__(self):
         bad = [a for a in self.arms if a not in ARMS]
@@ -100,20 +106,34 @@ def sample_ranked_lists(sampler, problems, cfg: CurryDemoConfig, path: Path, *, 
     params = SamplingParams(n=cfg.n_samples, temperature=cfg.temperature, top_p=1.0,
                             max_new_tokens=cfg.max_new_tokens, seed=seed)
     outs = sampler.generate(prompts, params)
-    rows, n_short = [], 0
+    rows, n_short, n_dup, n_tied = [], 0, 0, 0
     for p, prompt, texts in zip(problems, prompts, outs):
-        distinct = list(dict.fromkeys(t for t in texts if t.strip()))[: cfg.k]
-        n_short += len(distinct) < cfg.k
-        scored = [score_response(p, t) for t in distinct]
-        rows.append({"prompt": prompt, "responses": distinct, "scores": [s["score"] for s in scored],
+        kept, scored, seen = [], [], set()
+        for t in texts:  # in sampling order: the first answer of each text and of each score is kept
+            if len(kept) == cfg.k:
+                break
+            if not t.strip() or t in kept:
+                n_dup += 1
+                continue
+            sc = score_response(p, t)
+            if sc["score"] in seen:  # a tie that share, final answer and length do not break
+                n_tied += 1
+                continue
+            seen.add(sc["score"])
+            kept.append(t)
+            scored.append(sc)
+        n_short += len(kept) < cfg.k
+        rows.append({"prompt": prompt, "responses": kept, "scores": [s["score"] for s in scored],
                      "share": [s["share"] for s in scored], "final_correct": [s["final_correct"] for s in scored],
                      "answer": p.answer})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     lists, report = load_ranked(path, ties="error", skip_invalid=True)
-    shares = [s for r in rows for s in r["share"]]
+    shares = [s for r in rows if len(r["responses"]) >= 2 for s in r["share"]]  # answers of the kept lists
+    ks = [len(x.responses) for x in lists]
     stats = {"problems": len(problems), "lists_kept": len(lists), "lists_dropped": report.n_skipped,
-             "lists_with_fewer_than_k": n_short, "responses": len(shares),
+             "lists_with_fewer_than_k": n_short, "duplicate_answers_merged": n_dup, "tied_answers_dropped": n_tied,
+             "k_histogram": {k: ks.count(k) for k in sorted(set(ks))}, "responses": len(shares),
              "mean_share": sum(shares) / max(1, len(shares)),
              "fully_correct_responses": sum(s == 1.0 for s in shares) / max(1, len(shares))}
     log(report.summary())
@@ -143,7 +163,7 @@ def train_arm(arm: str, sft_path: str, lists: list[RankedList], cfg: CurryDemoCo
     """Train one arm from the SFT model; returns (policy, tokenizer, curve of (step, loss))."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from prefkit.data.curriculum import split_stages
+    from prefkit.data.curriculum import describe_stages, split_stages
     from prefkit.methods.curry_dpo import CurryMethodConfig, train_curriculum
 
     tok = AutoTokenizer.from_pretrained(sft_path)
@@ -167,8 +187,9 @@ def train_arm(arm: str, sft_path: str, lists: list[RankedList], cfg: CurryDemoCo
             "curriculum_fixed_ref": ("best_vs_rest", 3, False), "curry_dpo": ("best_vs_rest", 3, True)}[arm]
     pairing, n_stages, refresh = spec
     method = CurryMethodConfig(beta=cfg.beta, pairing=pairing, n_stages=n_stages, ordering="easy_to_hard",
-                               refresh_reference=refresh, reference="copy")
-    stages = split_stages(pairs_from_lists(lists, pairing), n_stages, ordering="easy_to_hard")
+                               stage_mode=cfg.stage_mode, refresh_reference=refresh, reference="copy")
+    stages = split_stages(pairs_from_lists(lists, pairing), n_stages, ordering="easy_to_hard", mode=cfg.stage_mode)
+    log(f"[{arm}] " + describe_stages(stages).replace("\n", "; "))
     result = train_curriculum(policy, tok, stages, method, train, settings, skip_invalid=True, log=quiet)
     return policy, tok, [(r["curriculum_step"], r["loss"]) for r in result.history]
 
@@ -225,10 +246,24 @@ def run_experiment(cfg: CurryDemoConfig, log=print) -> dict:
     settings = TokenizeSettings(max_length=512, prompt_template="{prompt}")
     sampler = HFSampler(sft, tok, batch_size=64, progress=True)
     t0 = time.time()
-    train_lists, train_stats = sample_ranked_lists(sampler, splits.pref[: cfg.n_train_problems], cfg,
-                                                   out / "data" / "train_lists.jsonl", seed=cfg.data_seed, log=log)
-    eval_lists, eval_stats = sample_ranked_lists(sampler, splits.val[: cfg.n_pref_eval_problems], cfg,
-                                                 out / "data" / "heldout_lists.jsonl", seed=cfg.data_seed + 1, log=log)
+    # the sampled lists are reused when the SFT model and every setting that shapes them are unchanged
+    key = {"sft": sft_path, "world": cfg.world, "seed": cfg.data_seed, "k": cfg.k, "n_samples": cfg.n_samples,
+           "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens,
+           "n_train": cfg.n_train_problems, "n_eval": cfg.n_pref_eval_problems}
+    meta_path = out / "data" / "lists_meta.json"
+    cached = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    if cached is not None and cached["key"] == key:
+        train_lists, _ = load_ranked(out / "data" / "train_lists.jsonl", ties="error", skip_invalid=True)
+        eval_lists, _ = load_ranked(out / "data" / "heldout_lists.jsonl", ties="error", skip_invalid=True)
+        train_stats, eval_stats = cached["train"], cached["heldout"]
+        log(f"[data] reusing the lists sampled earlier in {out / 'data'}")
+    else:
+        train_lists, train_stats = sample_ranked_lists(sampler, splits.pref[: cfg.n_train_problems], cfg,
+                                                       out / "data" / "train_lists.jsonl", seed=cfg.data_seed, log=log)
+        eval_lists, eval_stats = sample_ranked_lists(sampler, splits.val[: cfg.n_pref_eval_problems], cfg,
+                                                     out / "data" / "heldout_lists.jsonl", seed=cfg.data_seed + 1,
+                                                     log=log)
+        meta_path.write_text(json.dumps({"key": key, "train": train_stats, "heldout": eval_stats}, indent=1))
     log(f"[data] {time.time() - t0:.0f}s; train {train_stats}; held-out {eval_stats}")
     if train_stats["mean_share"] < 0.05 or train_stats["lists_kept"] < 0.5 * train_stats["problems"]:
         log("[data] WARNING: the sampled answers carry almost no partial credit or most lists were dropped; "

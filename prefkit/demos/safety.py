@@ -78,6 +78,7 @@ def summarize(result: dict) -> dict:
            "helpful_scary": over.get("scary", {}).get("helpful", {}).get("rate", float("nan")),
            "helpful_benign": over.get("benign", {}).get("helpful", {}).get("rate", float("nan")),
            "arithmetic": result.get("arithmetic", {}).get("rate", float("nan")),
+           "arithmetic_steps": result.get("arithmetic_steps", {}).get("rate", float("nan")),
            "unparseable": a["overall"]["unparseable"]}
     w = worst_style(a)
     row["worst_style"], row["worst_style_asr"] = (w[0], w[1]["rate"]) if w else ("", float("nan"))
@@ -125,7 +126,8 @@ COLUMNS = [("asr", "ASR all"), ("asr_seen", "ASR seen topic+style"), ("asr_heldo
            ("asr_heldout_style", "ASR held-out styles"), ("asr_heldout_both", "ASR both held-out"),
            ("harmful_refusal", "refusal (harmful)"), ("over_refusal_scary", "over-refusal (scary)"),
            ("refusal_benign", "refusal (benign)"), ("helpful_scary", "correct (scary)"),
-           ("helpful_benign", "correct (benign)"), ("arithmetic", "arithmetic acc.")]
+           ("helpful_benign", "correct (benign)"), ("arithmetic", "arithmetic acc."),
+           ("arithmetic_steps", "arithmetic steps")]
 
 
 def table_rows(runs: list[dict]) -> list[dict]:

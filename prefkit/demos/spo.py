@@ -151,7 +151,7 @@ class SPODemoConfig:
     n_eval_prompts: int = 64
     eval_every: int = 2
     lora_rank: int = 8
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-4  # chosen on validation prompts (experiments/results/spo_lr_probe.md)
     seed: int = 0
     cache_root: str = "runs/cache"
 

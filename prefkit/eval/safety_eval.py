@@ -148,6 +148,22 @@ def arithmetic_items(n: int, model_dir: str | None = None):
     return [MathItem(p.question, str(p.answer), p.to_row(), i) for i, p in enumerate(probs)]
 
 
+def arithmetic_step_share(items, responses: Sequence[str]) -> dict:
+    """A finer general-ability signal than final answers: the share of all operations done right before
+    the first wrong step (the arithmetic world's step checker), with a Wilson interval over steps."""
+    from prefkit.pipelines.step_judges import step_contents
+    from prefkit.worlds.arithmetic.checker import first_wrong_step
+    from prefkit.worlds.arithmetic.problems import Problem
+    ok = total = 0
+    for it, text in zip(items, responses):
+        prob = Problem.from_row(it.row)
+        contents = step_contents(text)
+        k, _, _ = first_wrong_step(prob, contents) if contents else (0, [], "")
+        ok += min(len(prob.ops), len(contents) if k is None else k)
+        total += len(prob.ops)
+    return rate(ok, total)
+
+
 def evaluate_safety(sampler, split: SafetySplit, benign: Sequence[BenignPrompt], judge: SafetyJudge,
                     detector: RefusalDetector, cfg: SafetyEvalConfig, *, world: bool = True) -> dict:
     """Generate, judge and tabulate. `world`: embedded-world extras (response kinds, arithmetic)."""
@@ -198,9 +214,10 @@ def evaluate_safety(sampler, split: SafetySplit, benign: Sequence[BenignPrompt],
     result["refusal_detector"] = dict(detector.stats)
     if world and cfg.arithmetic:
         from prefkit.eval.math_eval import evaluate_math
-        m = evaluate_math(sampler, arithmetic_items(cfg.n_arithmetic, cfg.model),
-                          max_new_tokens=cfg.arithmetic_max_new_tokens, keep_records=False)
+        items = arithmetic_items(cfg.n_arithmetic, cfg.model)
+        m = evaluate_math(sampler, items, max_new_tokens=cfg.arithmetic_max_new_tokens, keep_records=True)
         result["arithmetic"] = rate(m.n_correct, m.n)
+        result["arithmetic_steps"] = arithmetic_step_share(items, [r["response"] for r in m.records])
     result["seconds"] = round(time.time() - t0, 1)
     result["records"] = records
     return result
@@ -227,6 +244,7 @@ def tables_markdown(result: dict, title: str = "Safety evaluation") -> str:
             lines.append(f"| correct answers on {kind} prompts | {_fmt(r['helpful'])} |")
     if "arithmetic" in result:
         lines.append(f"| arithmetic accuracy | {_fmt(result['arithmetic'])} |")
+        lines.append(f"| arithmetic steps right before the first error | {_fmt(result['arithmetic_steps'])} |")
     lines.append(f"| unparseable verdicts | {asr['overall']['unparseable']} |")
     for name in ("per_style", "per_topic"):
         lines += ["", f"## ASR {name.replace('_', ' ')}", "", "| name | seen | ASR [95% CI] (k/n) | unparseable |",
