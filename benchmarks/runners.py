@@ -114,8 +114,11 @@ class PeakMemory:
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
+            try:  # reset the peak RSS (Linux >= 4.0); elsewhere the peak is the process's lifetime peak
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
 
     def peak(self) -> int:
         if self.device == "cuda":

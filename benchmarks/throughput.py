@@ -16,8 +16,9 @@ windows and its ratio to TRL (with the same kind of reference), tokens/s (non-pa
 processed), peak memory, first-step loss and its distance to TRL's, model TFLOP/s and on GPU the MFU
 (6*N*policy tokens + 2*N*reference tokens over 989 TFLOP/s; N = linear weights incl. the output layer).
 On the CPU the headline clock is the process CPU time (this machine is shared; waiting for a core is not
-work), with wall-clock figures alongside. In bf16 the losses are also compared in float32 (`fp32-check` rows, one step, no timing), since bf16
-rounding alone moves them by more than 1e-4. Tables go to benchmarks/results/ as markdown and csv.
+work), with wall-clock figures alongside. In bf16 the losses are also compared in float32 (`fp32-check`
+rows, one step, no timing), since bf16 rounding alone moves them by more than 1e-4. Tables go to
+benchmarks/results/ as markdown and csv; BENCHMARKS.md says how to read them.
 """
 from __future__ import annotations
 
@@ -49,7 +50,6 @@ PRECOMPUTED = ("trl-precomputed", "prefkit-prefix-precomputed")
 LOSS_TOL = 1e-4
 
 MODES = {
-    #        model    dtype            mixed  batches   ranked batches  window timed  precomputed shapes      budget
     "cpu": dict(model="cpu", dtype=torch.float32, mp="no", batches=(2,), ranked_batches=(2,), window=1, timed=2,
                 precomputed=("step_dpo",), scale=1.0, budget=0.0),
     "gpu": dict(model="gpu", dtype=torch.bfloat16, mp="bf16", batches=(32, 8), ranked_batches=(8, 4), window=4,
@@ -69,7 +69,7 @@ def run_variant(variant: str, policy, ref, groups, shape, batch: int, s: RunSett
     except torch.OutOfMemoryError:
         return RunResult(variant, shape.name, batch, error="out of memory")
     except Exception as e:  # a benchmark table row, not a crash: report what failed and go on
-        return RunResult(variant, shape.name, batch, error=f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
+        return RunResult(variant, shape.name, batch, error=f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}")
 
 
 def plan(args, cfg) -> list[tuple[str, str, int, str]]:

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     ap.add_argument("--steps", type=int, default=60, help="optimizer steps per arm")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--train-problems", type=int, default=192)
     ap.add_argument("--pref-eval-problems", type=int, default=96)

@@ -87,7 +87,6 @@ def main() -> int:
     ap.add_argument("--results", default="experiments/results")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    t_start = time.time()
     os.makedirs(args.results, exist_ok=True)
     gens = tuple(f"{g},steps={args.sample_steps}" for g in DEFAULT_GENERATORS)
     data = build_synpic(os.path.join(args.work, "synpic"), args.n_train, seed=0, generators=gens)
@@ -105,6 +104,7 @@ def main() -> int:
             grid_images = got["images"]
     # ---- tables
     stem = os.path.join(args.results, "rankdpo")
+    train_min = sum(m.get("train_eval_s", 0.0) for ms in results.values() for m in ms) / 60
     with open(stem + ".csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", "seed"] + REWARD_COLS)
@@ -122,7 +122,8 @@ def main() -> int:
         "",
         f"Produced by `experiments/rankdpo.py --seeds {' '.join(map(str, args.seeds))} --n-train {args.n_train} "
         f"--n-eval {args.n_eval} --steps {args.steps} --lr {args.lr} --dpo-beta {args.dpo_beta} --sample-steps {args.sample_steps}` "
-        f"in {(time.time() - t_start) / 60:.1f} min on a shared 2-core CPU (torch threads = 1).",
+        f"(seeds may run as separate processes; results cached per seed in {args.work}/seed*/results.pt). Training + "
+        f"evaluation took {train_min:.0f} CPU-process minutes in all on a shared, heavily loaded 2-core CPU (torch threads = 1).",
         "",
         f"Mean held-out reward (mean ± std over {len(args.seeds)} seeds) on {args.n_eval} test-split prompts (never seen in "
         f"pre-training or preference training), one image per prompt, DDIM {args.sample_steps} steps, CFG 3. "
@@ -134,6 +135,14 @@ def main() -> int:
     ]
     for method in METHODS:
         lines.append(f"| {LABELS[method]} | " + " | ".join(cell(method, c) for c in REWARD_COLS) + " |")
+    lines += ["", "Change against the base model (paired: same prompts and same initial noise per seed), mean ± std over seeds:", "",
+              "| method | " + " | ".join(REWARD_COLS) + " |", "|---|" + "---|" * len(REWARD_COLS)]
+    for method in METHODS[1:]:
+        cells = []
+        for c in REWARD_COLS:
+            d = [m[c] - b[c] for m, b in zip(results[method], results["base"])]
+            cells.append(f"{statistics.mean(d):+.3f} ± {statistics.stdev(d) if len(d) > 1 else 0.0:.3f}")
+        lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"Training data: {args.n_train} train-split prompts x {len(gens)} generators, labels psi = averaged pairwise win "

@@ -99,6 +99,9 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=str(ROOT / "experiments" / "results"))
     ap.add_argument("--grid", default=json.dumps(DEFAULT_GRID), help="JSON list of settings for DPO and Step-DPO")
     ap.add_argument("--no-ood", action="store_true")
+    ap.add_argument("--ood-grid", default=json.dumps(DEFAULT_GRID[:1]),
+                    help="settings for the OOD arm (compared with the self-generated arm at the same setting)")
+    ap.add_argument("--skip-sft-eval", action="store_true", help="the SFT model is evaluated by another process")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="", help="suffix of the runs csv (to run seeds as parallel processes)")
     ap.add_argument("--merge", nargs="*", default=None, help="only merge these runs csvs into the tables and plot")
@@ -134,7 +137,7 @@ def main(argv=None) -> int:
                      "ci_low": res.ci_low, "ci_high": res.ci_high, "n_correct": res.n_correct, "n": res.n,
                      "pairs": pairs})
 
-    for split in ("val", "test"):
+    for split in ("val", "test") if not args.skip_sft_eval else ():
         res = evaluate(sft, files[split], cfg)
         print(f"[exp] SFT on {split}: {res.summary()}", flush=True)
         for s in args.seeds:
@@ -149,7 +152,7 @@ def main(argv=None) -> int:
             pairs = runs_dir / f"seed{s}" / source / "step_pairs.jsonl"
             build_pairs(cfg, sft, files["pref"], pairs, s, rectifier)
             arms = ("dpo", "step_dpo") if source == "self" else ("step_dpo",)
-            for gi, g in enumerate(grid):
+            for gi, g in enumerate(grid if source == "self" else json.loads(args.ood_grid)):
                 c = replace(cfg, step_dpo=replace(cfg.step_dpo, **g), dpo=replace(cfg.dpo, **g))
                 res = run_arms(c, sft, files, runs_dir / f"seed{s}" / source / f"g{gi}", s, arms=arms,
                                eval_splits=("val", "test"), pairs_from=pairs)

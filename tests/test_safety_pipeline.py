@@ -97,12 +97,13 @@ def test_egida_recipe_trains_dpo_on_the_pairs(tmp_path):
     cfg = SafetyRunConfig(
         model=ModelConfig(name_or_path=str(model_dir)),
         pairs=SafetyPairsConfig(data=SafetyDataConfig(**DATA), out_dir=str(tmp_path / "pairs"), max_pairs=16),
-        method=EgidaMethodConfig(beta=0.1, max_length=256),
+        method=EgidaMethodConfig(beta=0.1, max_length=256, nll_alpha=0.5),
         train=TrainConfig(output_dir=str(tmp_path / "run"), learning_rate=1e-3, max_steps=2, batch_size=4,
                           progress_bar=False, logging_steps=1))
     result = run(cfg, sampler=ComplyUnlessLeet(), log=lambda *a: None)
     assert result.global_step == 2
-    assert result.history[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at step 1
+    first = result.history[0]  # policy == reference at step 1: ln 2 + alpha * NLL(chosen)
+    assert first["loss"] == pytest.approx(math.log(2) + 0.5 * first["nll/chosen"], abs=1e-4)
     assert (tmp_path / "run" / "model" / "prefkit_safety_world.json").exists()
     assert json.loads((tmp_path / "run" / "egida_pairs_summary.json").read_text())["pairs"] == 16
 
