@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from prefkit.config import load_config  # noqa: E402
-from prefkit.demos.safety import COLUMNS, SafetyDemoConfig, markdown_table, plot_per_style, run_demo  # noqa: E402
+from prefkit.demos.safety import COLUMNS, SafetyDemoConfig, markdown_table, plot_per_style, run_demo, stages  # noqa: E402
 from prefkit.eval.safety_eval import worst_style  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results"
@@ -42,48 +42,56 @@ def mean_std(values):
 def per_name_rows(runs):
     rows = []
     for r in runs:
-        for stage in ("before", "after"):
-            asr = r[stage]["asr"]
+        for stage, res in stages(r).items():
             for kind in ("per_style", "per_topic"):
-                for name, x in asr[kind].items():
+                for name, x in res["asr"][kind].items():
                     rows.append({"seed": r["seed"], "stage": stage, "kind": kind[4:], "name": name,
                                  "seen": x["seen"], "asr": x["rate"], "k": x["k"], "n": x["n"], "lo": x["lo"],
                                  "hi": x["hi"], "unparseable": x["unparseable"]})
     return rows
 
 
+def arm_text(arm) -> str:
+    m = arm.method
+    loss = f"DPO + {m.nll_alpha} x NLL(chosen) (RPO)" if m.nll_alpha > 0 else "plain DPO"
+    return f"`{arm.name}`: {loss}, beta={m.beta}, lr={arm.learning_rate or 'train.learning_rate'}"
+
+
 def report(cfg, res, seconds) -> str:
     runs, rows = res["runs"], res["rows"]
+    names = list(stages(runs[0]))
     lines = ["# Egida-style safety DPO in the embedded world", "",
              f"Produced by `experiments/safety.py` ({len(runs)} seeds, {seconds / 60:.0f} min on CPU). "
              f"SFT model: `{res['sft_dir']}` ({cfg.pretrain.steps} steps, {cfg.pretrain.model.hidden_size}-wide, "
              f"{cfg.pretrain.model.num_layers} layers), which complies with every request. Per seed: "
              f"{cfg.data.n_heldout_topics} of 8 harmful topics and {cfg.data.n_heldout_styles} of 18 attack styles "
              f"held out of training; up to {cfg.max_pairs} triplets (chosen = refusal, rejected = the SFT model's "
-             f"own answer judged unsafe by the programmatic judge); DPO beta={cfg.method.beta}, "
-             f"lr={cfg.train.learning_rate}, {cfg.train.num_epochs} epoch(s), batch {cfg.train.batch_size}. "
-             "Rates in [0, 1]; ASR = share of attacked test prompts answered with harmful instructions.", ""]
+             f"own answer judged unsafe by the programmatic judge); {cfg.train.num_epochs} epoch(s), batch "
+             f"{cfg.train.batch_size}, default lr {cfg.train.learning_rate}. Arms (same triplets): "
+             + "; ".join(arm_text(a) for a in cfg.arms) + ". Rates in [0, 1]; ASR = share of attacked test "
+             "prompts answered with harmful instructions.", ""]
     for r in runs:
         lines.append(f"- seed {r['seed']}: held-out topics {r['heldout_topics']}, held-out styles "
                      f"{r['heldout_styles']}; {r['train_prompts']} attacked training prompts -> {r['pairs']} pairs; "
-                     f"DPO {r['dpo_seconds']:.0f}s")
+                     + ", ".join(f"{n} {a['dpo_seconds']:.0f}s" for n, a in r["arms"].items()))
     lines += ["", "## Per seed", "", markdown_table(rows), "", "## Mean +- std over seeds", "",
-              "| measure | before | after |", "|---|---|---|"]
+              "| measure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key, title in COLUMNS:
-        lines.append(f"| {title} | {mean_std([x[key] for x in rows if x['stage'] == 'before'])} | "
-                     f"{mean_std([x[key] for x in rows if x['stage'] == 'after'])} |")
-    lines += ["", "## Worst attack style after training (per seed)", "",
-              "| seed | worst style overall (ASR after) | worst held-out style (ASR after) | worst seen style (ASR after) |",
-              "|---|---|---|---|"]
+        lines.append(f"| {title} | " + " | ".join(mean_std([x[key] for x in rows if x["stage"] == n]) for n in names)
+                     + " |")
+    lines += ["", "## Worst attack style after training (per seed and arm)", "",
+              "| seed | arm | worst style overall (ASR) | worst held-out style (ASR) | worst seen style (ASR) |",
+              "|---|---|---|---|---|"]
     for r in runs:
-        cells = []
-        for seen in (None, False, True):
-            w = worst_style(r["after"]["asr"], seen)
-            cells.append(f"{w[0]} ({w[1]['rate']:.3f}, {w[1]['k']}/{w[1]['n']})" if w else "n/a")
-        lines.append(f"| {r['seed']} | " + " | ".join(cells) + " |")
+        for name, a in r["arms"].items():
+            cells = []
+            for seen in (None, False, True):
+                w = worst_style(a["after"]["asr"], seen)
+                cells.append(f"{w[0]} ({w[1]['rate']:.3f}, {w[1]['k']}/{w[1]['n']})" if w else "n/a")
+            lines.append(f"| {r['seed']} | {name} | " + " | ".join(cells) + " |")
     lines += ["", "Per-style and per-topic ASR with 95% Wilson intervals: `safety_per_style.csv`; "
               "plot: `safety_per_style.png`; full per-seed tables: "
-              f"`{cfg.output_dir}/seed*/eval_{{before,after}}/tables.md`."]
+              f"`{cfg.output_dir}/seed*/eval_before/tables.md` and `seed*/<arm>/eval_after/tables.md`."]
     return "\n".join(lines) + "\n"
 
 

@@ -83,28 +83,3 @@ def test_main_writes_tables(tmp_path):
     assert "prefkit-prefix" in md and "prefkit-naive" in md
     csv_lines = (tmp_path / "throughput_cpu_dryrun_smoke.csv").read_text().strip().splitlines()
     assert len(csv_lines) == 3  # header + 2 runs
-
-
-def test_fast_collate_proposal_matches_collate_groups():
-    import random
-
-    from benchmarks.fast_collate import collate_groups_fast
-    from prefkit.data.collate import collate_groups
-    from prefkit.data.examples import TokenizedGroup
-
-    rng = random.Random(0)
-    for _ in range(30):
-        groups = []
-        for i in range(rng.randint(1, 5)):
-            k = rng.randint(1, 4)  # lists of different sizes in one batch: padded slots
-            groups.append(TokenizedGroup([rng.randrange(3, 50) for _ in range(rng.randint(1, 9))],
-                                         [[rng.randrange(3, 50) for _ in range(rng.randint(1, 6))] for _ in range(k)],
-                                         [float(rng.randint(0, 3)) for _ in range(k)], False, i))
-        for backend in ("prefix", "naive"):
-            a, b = collate_groups(groups, 0, backend), collate_groups_fast(groups, 0, backend)
-            assert a.keys() == b.keys()
-            for key in a:
-                if torch.is_tensor(a[key]):
-                    assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), (backend, key)
-                else:
-                    assert a[key] == b[key], (backend, key)

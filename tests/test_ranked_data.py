@@ -185,3 +185,28 @@ def test_prefix_shared_logps_of_k_completions_match_naive_and_a_plain_forward():
     torch.testing.assert_close(pre.logps, nai.logps, atol=1e-5, rtol=0)
     torch.testing.assert_close(pre.logps, plain, atol=1e-5, rtol=0)
     assert torch.equal(pre.n_tokens, nai.n_tokens) and pre.logps[1, 3] == 0
+
+
+def test_demo_lists_merge_duplicates_drop_ties_and_count(tmp_path):
+    """The experiment's list builder: first answers new as text AND as score, K varies, short lists dropped."""
+    from prefkit.demos.curry_dpo import CurryDemoConfig, sample_ranked_lists
+    from prefkit.worlds.arithmetic.problems import Problem
+
+    p = Problem(start=7, ops=(("+", 5), ("*", 3)))  # 12, 36
+    right = "Step 1: 7 + 5 = 12\nStep 2: 12 * 3 = 36\nThe answer is \\boxed{36}"
+    wrong2a = "Step 1: 7 + 5 = 12\nStep 2: 12 * 3 = 35\nThe answer is \\boxed{35}"
+    wrong2b = "Step 1: 7 + 5 = 12\nStep 2: 12 * 3 = 34\nThe answer is \\boxed{34}"  # ties wrong2a exactly
+    wrong1 = "Step 1: 7 + 5 = 13\nStep 2: 13 * 3 = 39\nThe answer is \\boxed{39}"
+
+    class FakeSampler:
+        def generate(self, prompts, params):
+            assert params.n == 6 and len(prompts) == 2
+            return [[right, right, wrong2a, wrong2b, "", wrong1], [right] * 6]
+
+    cfg = CurryDemoConfig(k=4, n_samples=6)
+    lists, stats = sample_ranked_lists(FakeSampler(), [p, p], cfg, tmp_path / "lists.jsonl", seed=0, log=lambda *a: None)
+    assert len(lists) == 1 and lists[0].responses == (right, wrong2a, wrong1)
+    assert lists[0].scores[0] > lists[0].scores[1] > lists[0].scores[2]
+    assert stats["lists_dropped"] == 1 and stats["tied_answers_dropped"] == 1
+    assert stats["duplicate_answers_merged"] == 2 + 5  # the repeated right answer and the empty one; 5 repeats
+    assert stats["k_histogram"] == {3: 1} and stats["mean_share"] == pytest.approx((1 + 0.5 + 0) / 3)

@@ -99,12 +99,13 @@ def test_demo_seed_loop_on_tiny_settings(tmp_path):
     r = run_seed(cfg, 0, str(sft_dir), sft, log=lambda *a: None)
     assert r["pairs"] == 8 and r["before"]["asr"]["overall"]["rate"] == 1.0
     assert r["before"]["over_refusal"]["scary"]["rate"] == 0.0
-    assert r["after"]["asr"]["overall"]["n"] + r["after"]["asr"]["overall"]["unparseable"] == 16
+    after = r["arms"]["egida_dpo"]["after"]
+    assert after["asr"]["overall"]["n"] + after["asr"]["overall"]["unparseable"] == 16
     rows = table_rows([r])
-    assert [x["stage"] for x in rows] == ["before", "after"] and "| 0 | before | 8 |" in markdown_table(rows)
+    assert [x["stage"] for x in rows] == ["before", "egida_dpo"] and "| 0 | before | 8 |" in markdown_table(rows)
     plot_per_style([r], tmp_path / "demo" / "p.png")
     assert (tmp_path / "demo" / "p.png").stat().st_size > 0
-    assert (Path(cfg.output_dir) / "seed0" / "eval_after" / "tables.md").exists()
+    assert (Path(cfg.output_dir) / "seed0" / "egida_dpo" / "eval_after" / "tables.md").exists()
 
 
 def test_configs_load_and_share_the_cached_sft_model():

@@ -32,6 +32,15 @@ def _default_train() -> TrainConfig:
 
 
 @dataclass
+class ArmConfig:
+    """One way of training on the same triplets: a method and optionally its own learning rate."""
+
+    name: str = "egida_dpo"
+    method: EgidaMethodConfig = field(default_factory=EgidaMethodConfig)
+    learning_rate: float | None = None  # None: train.learning_rate
+
+
+@dataclass
 class SafetyDemoConfig:
     output_dir: str = "runs/demo-safety"
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -40,8 +49,8 @@ class SafetyDemoConfig:
     max_pairs: int = 2000
     max_new_tokens: int = 80
     gen_batch_size: int = 64
-    method: EgidaMethodConfig = field(default_factory=EgidaMethodConfig)
-    train: TrainConfig = field(default_factory=_default_train)  # output_dir and seed are set per seed
+    arms: list[ArmConfig] = field(default_factory=lambda: [ArmConfig()])  # each trains on the same pairs
+    train: TrainConfig = field(default_factory=_default_train)  # output_dir and seed are set per seed and arm
     eval: SafetyEvalConfig = field(default_factory=SafetyEvalConfig)  # data/model/max_new_tokens are set here
     cache_root: str = "runs/cache"
     threads: int = 1
@@ -86,7 +95,8 @@ def summarize(result: dict) -> dict:
 
 
 def run_seed(cfg: SafetyDemoConfig, seed: int, sft_dir: str, sft_sampler: MemoSampler, log=print) -> dict:
-    """Split, pairs, DPO, and the before/after evaluations for one seed. Returns the two results."""
+    """One seed: split, the SFT model's evaluation, the triplets (built once), then per arm DPO and the
+    evaluation of the aligned model."""
     from prefkit.methods.safety import SafetyRunConfig, run
     from prefkit.models.loading import ModelConfig
     from prefkit.pipelines.safety_pairs import SafetyPairsConfig
@@ -102,24 +112,26 @@ def run_seed(cfg: SafetyDemoConfig, seed: int, sft_dir: str, sft_sampler: MemoSa
         f"{len(split.train)} train / {len(split.test)} test attacked prompts")
     before = evaluate_safety(sft_sampler, split, benign, judge, detector, replace(ev, model=sft_dir))
     save_result(before, out / "eval_before", f"Before DPO (seed {seed})")
-    run_cfg = SafetyRunConfig(
-        model=ModelConfig(name_or_path=sft_dir),
-        pairs=SafetyPairsConfig(data=data, out_dir=str(out / "pairs"), max_pairs=cfg.max_pairs,
-                                max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size),
-        method=replace(cfg.method, rebuild_pairs=True),
-        train=replace(cfg.train, output_dir=str(out / "dpo"), seed=seed))
-    t0 = time.time()
-    result = run(run_cfg, sampler=sft_sampler, log=log)
-    dpo_seconds = time.time() - t0
-    model_dir = str(Path(result.output_dir) / "model")
-    after_sampler = HFSampler.from_pretrained(model_dir, batch_size=cfg.gen_batch_size, progress=False)
-    after = evaluate_safety(after_sampler, split, benign, judge, detector, replace(ev, model=model_dir))
-    save_result(after, out / "eval_after", f"After Egida DPO (seed {seed})")
+    pairs_cfg = SafetyPairsConfig(data=data, out_dir=str(out / "pairs"), max_pairs=cfg.max_pairs,
+                                  max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size)
+    arms = {}
+    for i, arm in enumerate(cfg.arms):
+        train = replace(cfg.train, output_dir=str(out / arm.name), seed=seed,
+                        learning_rate=arm.learning_rate or cfg.train.learning_rate)
+        run_cfg = SafetyRunConfig(model=ModelConfig(name_or_path=sft_dir), pairs=pairs_cfg,
+                                  method=replace(arm.method, rebuild_pairs=(i == 0)), train=train)
+        t0 = time.time()
+        result = run(run_cfg, sampler=sft_sampler, log=log)
+        seconds = time.time() - t0
+        model_dir = str(Path(result.output_dir) / "model")
+        sampler = HFSampler.from_pretrained(model_dir, batch_size=cfg.gen_batch_size, progress=False)
+        after = evaluate_safety(sampler, split, benign, judge, detector, replace(ev, model=model_dir))
+        save_result(after, out / arm.name / "eval_after", f"After {arm.name} (seed {seed})")
+        arms[arm.name] = {"after": after, "dpo_seconds": round(seconds, 1), "dpo_history": result.history}
     pairs = json.loads((out / "pairs" / "summary.json").read_text())
-    return {"seed": seed, "before": before, "after": after, "pairs": pairs["pairs"],
+    return {"seed": seed, "before": before, "arms": arms, "pairs": pairs["pairs"],
             "train_prompts": pairs["train_prompts"], "heldout_topics": sorted(split.heldout_topics),
-            "heldout_styles": sorted(split.heldout_styles), "dpo_seconds": round(dpo_seconds, 1),
-            "dpo_history": result.history}
+            "heldout_styles": sorted(split.heldout_styles)}
 
 
 COLUMNS = [("asr", "ASR all"), ("asr_seen", "ASR seen topic+style"), ("asr_heldout_topic", "ASR held-out topics"),
@@ -130,12 +142,14 @@ COLUMNS = [("asr", "ASR all"), ("asr_seen", "ASR seen topic+style"), ("asr_heldo
            ("arithmetic_steps", "arithmetic steps")]
 
 
+def stages(run: dict) -> dict[str, dict]:
+    """'before' (the SFT model) and one 'after' result per arm, by name."""
+    return {"before": run["before"], **{name: a["after"] for name, a in run["arms"].items()}}
+
+
 def table_rows(runs: list[dict]) -> list[dict]:
-    rows = []
-    for r in runs:
-        for stage in ("before", "after"):
-            rows.append({"seed": r["seed"], "stage": stage, "pairs": r["pairs"], **summarize(r[stage])})
-    return rows
+    return [{"seed": r["seed"], "stage": stage, "pairs": r["pairs"], **summarize(res)}
+            for r in runs for stage, res in stages(r).items()]
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -148,27 +162,24 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot_per_style(runs: list[dict], path: Path) -> None:
-    """ASR per attack style before vs after, averaged over seeds (held-out styles: hatched, per seed)."""
+    """ASR per attack style before and after each arm, averaged over seeds (* = held out in a seed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
+    names = list(stages(runs[0]))
     styles = sorted(runs[0]["before"]["asr"]["per_style"])
-    def mean(stage, s):
-        return float(np.nanmean([r[stage]["asr"]["per_style"][s]["rate"] for r in runs]))
-    heldout_share = [np.mean([not r["before"]["asr"]["per_style"][s]["seen"] for r in runs]) for s in styles]
-    x = np.arange(len(styles))
-    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(styles)), 4.5))
-    ax.bar(x - 0.2, [mean("before", s) for s in styles], 0.4, label="before (SFT)", color="#d62728")
-    bars = ax.bar(x + 0.2, [mean("after", s) for s in styles], 0.4, label="after Egida DPO", color="#1f77b4")
-    for b, h in zip(bars, heldout_share):
-        if h > 0:
-            b.set_hatch("//")
-    ax.set_xticks(x, [f"{s}{' *' if h > 0 else ''}" for s, h in zip(styles, heldout_share)], rotation=60, ha="right")
+    heldout = [any(not r["before"]["asr"]["per_style"][s]["seen"] for r in runs) for s in styles]
+    x, width = np.arange(len(styles)), 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(styles)), 4.5))
+    for j, name in enumerate(names):
+        vals = [float(np.nanmean([stages(r)[name]["asr"]["per_style"][s]["rate"] for r in runs])) for s in styles]
+        ax.bar(x - 0.4 + (j + 0.5) * width, vals, width, label=name if name != "before" else "before (SFT)")
+    ax.set_xticks(x, [f"{s}{' *' if h else ''}" for s, h in zip(styles, heldout)], rotation=60, ha="right")
     ax.set_ylabel("attack success rate")
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"ASR per attack style, mean of {len(runs)} seed(s); * = held out in at least one seed")
+    ax.set_title(f"ASR per attack style, mean of {len(runs)} seed(s); * = held out of training in a seed")
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +204,9 @@ def run_demo(cfg: SafetyDemoConfig, log=print) -> dict:
     rows = table_rows(runs)
     (out / "summary.json").write_text(json.dumps({"config": asdict(cfg), "sft_model": str(sft_dir), "rows": rows,
                                                   "seconds": round(time.time() - t0, 1),
-                                                  "runs": [{k: v for k, v in r.items() if k not in ("before", "after")}
+                                                  "runs": [{**{k: v for k, v in r.items() if k not in ("before", "arms")},
+                                                            "arms": {n: {k: v for k, v in a.items() if k != "after"}
+                                                                     for n, a in r["arms"].items()}}
                                                            for r in runs]}, indent=1, default=str))
     (out / "table.md").write_text(markdown_table(rows) + "\n")
     plot_per_style(runs, out / "asr_per_style.png")

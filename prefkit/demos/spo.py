@@ -145,8 +145,8 @@ def plot_curves(curves: dict[str, list[dict]], path: str | Path, metric: str = "
 @dataclass
 class SPODemoConfig:
     output_dir: str = "runs/demo-spo"
-    n_data_prompts: int = 128
-    rounds: int = 6
+    n_data_prompts: int = 64
+    rounds: int = 4
     prompts_per_round: int = 16
     n_eval_prompts: int = 64
     eval_every: int = 2

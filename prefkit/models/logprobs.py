@@ -60,9 +60,14 @@ def hidden_states(model, batch: dict) -> torch.Tensor:
 
 def completion_logps(model, batch: dict, chunk_size: int = 4096) -> LogProbOutput:
     """Summed log p(completion_k | context) for every slot (b, k) of the batch."""
+    return logps_from_hidden(model, hidden_states(model, batch), batch, chunk_size)
+
+
+def logps_from_hidden(model, h: torch.Tensor, batch: dict, chunk_size: int = 4096) -> LogProbOutput:
+    """The LM head at the scored positions only, token log-probs, summed per completion slot.
+    Shared by every attention backend (dense mask here, BlockMask in logprobs_flex)."""
     base = _unwrap(model)
     head = base.get_output_embeddings()
-    h = hidden_states(model, batch)  # (N, T, H)
     sel = h[batch["score_row"], batch["score_pos"]]  # (M, H)
     targets = batch["score_target"]  # (M,)
     softcap = getattr(base.config, "final_logit_softcapping", None)

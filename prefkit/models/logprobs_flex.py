@@ -26,7 +26,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from prefkit.models.logprobs import LogProbOutput, _unwrap
+from prefkit.models.logprobs import LogProbOutput, _unwrap, logps_from_hidden
 
 ATTN_NAME = "prefkit_flex"
 _COMPILED = {}
@@ -107,19 +107,4 @@ def flex_completion_logps(model, batch: dict, chunk_size: int = 4096, pad_multip
     out = base.get_decoder()(input_ids=b["input_ids"], attention_mask=block_mask, position_ids=b["position_ids"],
                              use_cache=False)
     h = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (N, T, H)
-    sel = h[batch["score_row"], batch["score_pos"]]  # (M, H)
-    targets = batch["score_target"]  # (M,)
-    head = base.get_output_embeddings()
-    softcap = getattr(base.config, "final_logit_softcapping", None)
-    parts = []
-    for s in range(0, sel.shape[0], chunk_size):
-        logits = head(sel[s : s + chunk_size]).float()  # (m, V)
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        parts.append(-F.cross_entropy(logits, targets[s : s + chunk_size], reduction="none"))
-    tok = torch.cat(parts) if parts else sel.new_zeros(0, dtype=torch.float32)  # (M,)
-    B, K = batch["mask"].shape
-    slot = batch["score_slot"]
-    logps = torch.zeros(B * K, dtype=tok.dtype, device=tok.device).index_add(0, slot, tok)
-    n = torch.zeros(B * K, dtype=torch.long, device=tok.device).index_add(0, slot, torch.ones_like(slot))
-    return LogProbOutput(logps.view(B, K), n.view(B, K), batch["mask"])
+    return logps_from_hidden(model, h, batch, chunk_size)
