@@ -210,3 +210,19 @@ def test_demo_lists_merge_duplicates_drop_ties_and_count(tmp_path):
     assert stats["lists_dropped"] == 1 and stats["tied_answers_dropped"] == 1
     assert stats["duplicate_answers_merged"] == 2 + 5  # the repeated right answer and the empty one; 5 repeats
     assert stats["k_histogram"] == {3: 1} and stats["mean_share"] == pytest.approx((1 + 0.5 + 0) / 3)
+
+
+def test_curry_dpo_file_becomes_three_stages_in_the_chosen_order(tmp_path):
+    from prefkit.methods.curry_dpo import CurryMethodConfig, make_stages
+    from prefkit.methods.ranked_dpo import RankedDataConfig
+
+    p = _write_jsonl(tmp_path / "c.jsonl", [_curry_rec(prompt=f"q{i}", r=(f"a{i}", f"b{i}", f"c{i}", f"d{i}"))
+                                            for i in range(4)])
+    data = RankedDataConfig(train_file=str(p), format="curry_dpo")
+    stages, report = make_stages(data, CurryMethodConfig())
+    assert report.rows_kept == 4 and [[x.meta["level"] for x in s][0] for s in stages] == ["easy", "medium", "hard"]
+    assert [x.rejected for x in stages[0]] == ["d0", "d1", "d2", "d3"]
+    stages, _ = make_stages(data, CurryMethodConfig(ordering="hard_to_easy"))
+    assert stages[0][0].meta["level"] == "hard" and stages[2][0].meta["level"] == "easy"
+    stages, _ = make_stages(data, CurryMethodConfig(ordering="random"), seed=1)
+    assert sorted(len(s) for s in stages) == [4, 4, 4] and len({x.meta["level"] for s in stages for x in s}) == 3

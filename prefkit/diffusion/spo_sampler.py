@@ -20,9 +20,8 @@ from dataclasses import dataclass, fields
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
-
 from diffusers import DDIMScheduler
+from tqdm.auto import tqdm
 
 from prefkit.diffusion.ddim import ddim_timesteps
 from prefkit.losses.spo import ddim_step_mean
