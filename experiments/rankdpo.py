@@ -52,7 +52,7 @@ def run_seed(seed: int, args, key: dict, base, data: str, settings: MethodSettin
     separate processes and be aggregated by a final call with all of them."""
     path = os.path.join(args.work, f"seed{seed}", "results.pt")
     if os.path.exists(path):
-        got = torch.load(path)
+        got = torch.load(path, weights_only=True)
         if got["key"] == key:
             print(f"seed {seed}: cached results from {path}")
             return got

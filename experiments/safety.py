@@ -1,6 +1,7 @@
 """Egida-style safety retrofitting in the embedded world, three seeds (issue 7's evidence).
 
     .venv/bin/python experiments/safety.py [--seeds 0 1 2] [key=value ...]   (SafetyDemoConfig overrides)
+    .venv/bin/python experiments/safety.py --validate   (the sweep that chose the arms; no test prompts)
 
 One cached SFT model (arithmetic + comply-with-every-request). Each seed draws its own held-out harmful
 topics (2 of 8) and attack styles (4 of 18), builds ~2,000 triplets from the SFT model's own unsafe
@@ -9,6 +10,7 @@ answers, runs plain DPO, and evaluates before and after. Writes to experiments/r
   safety.csv                the same rows
   safety_per_style.csv      ASR per style / topic, before and after, seen or held-out, per seed
   safety_per_style.png      ASR per attack style before vs after (mean of seeds)
+  safety_validation.md      (--validate) the settings sweep on validation prompts that chose the arms
 """
 from __future__ import annotations
 
@@ -95,15 +97,98 @@ def report(cfg, res, seconds) -> str:
     return "\n".join(lines) + "\n"
 
 
+SWEEP = [  # (name, learning rate, beta, nll_alpha)
+    ("dpo_lr5e-4", 5e-4, 0.1, 0.0), ("dpo_lr1e-4", 1e-4, 0.1, 0.0), ("dpo_lr5e-4_beta0.01", 5e-4, 0.01, 0.0),
+    ("dpo_nll1_lr5e-4", 5e-4, 0.1, 1.0), ("dpo_nll1_lr1e-4", 1e-4, 0.1, 1.0), ("dpo_nll0.2_lr1e-4", 1e-4, 0.1, 0.2)]
+
+
+def validation_sweep(cfg: SafetyDemoConfig, seed: int = 0, n: int = 300) -> list[dict]:
+    """Pick the arms' settings WITHOUT the test set: on seed `seed`'s triplets, train each setting and measure
+    (a) ASR on n attacked TRAINING prompts (fit), (b) correct answers and refusals on n attacked benign and
+    scary prompts (attack styles other than direct; the over-refusal test uses direct prompts only), (c)
+    accuracy on 100 arithmetic problems of the validation split (the test split is the general check)."""
+    import collections
+    import random
+    from dataclasses import replace
+
+    from prefkit.eval.math_eval import MathItem, evaluate_math
+    from prefkit.eval.safety_eval import generate
+    from prefkit.methods.safety import EgidaMethodConfig, SafetyRunConfig, run
+    from prefkit.models.loading import ModelConfig
+    from prefkit.pipelines.safety_pairs import SafetyPairsConfig
+    from prefkit.pipelines.sampling import HFSampler
+    from prefkit.safety.judges import EmbeddedJudge
+    from prefkit.safety.task import make_split
+    from prefkit.worlds.arithmetic.problems import make_splits
+    from prefkit.worlds.safety.lexicon import BENIGN, SCARY
+    from prefkit.worlds.safety.pretrain import pretrain_safety_model
+    from prefkit.worlds.safety.world import attacked_requests, format_prompt, response_kind
+
+    sft_dir = str(pretrain_safety_model(cfg.pretrain, cache_root=cfg.cache_root))
+    data = replace(cfg.data, seed=seed)
+    rng = random.Random(1)
+    harm = rng.sample(make_split(data).train, n)
+    benign = rng.sample([e for e in attacked_requests(kinds=(SCARY, BENIGN)) if e.style != "direct"], n)
+    val = make_splits(cfg.pretrain.arithmetic, seed=cfg.pretrain.split_seed, n_train=0).val[:100]
+    items = [MathItem(p.question, str(p.answer), p.to_row(), i) for i, p in enumerate(val)]
+    out = Path(cfg.output_dir) / "validation"
+    pairs = SafetyPairsConfig(data=data, out_dir=str(out / "pairs"), max_pairs=cfg.max_pairs,
+                              max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size)
+    rows = []
+    for i, (name, lr, beta, alpha) in enumerate([("sft", 0, 0, 0)] + SWEEP):
+        if name == "sft":
+            model_dir = sft_dir
+        else:
+            run_cfg = SafetyRunConfig(model=ModelConfig(name_or_path=sft_dir), pairs=pairs,
+                                      method=EgidaMethodConfig(beta=beta, nll_alpha=alpha, rebuild_pairs=(i == 1)),
+                                      train=replace(cfg.train, output_dir=str(out / name), seed=seed, learning_rate=lr))
+            model_dir = str(Path(run(run_cfg, log=lambda *a: None).output_dir) / "model")
+        s = HFSampler.from_pretrained(model_dir, batch_size=cfg.gen_batch_size, progress=False)
+        r_h = generate(s, [format_prompt(e.question) for e in harm], cfg.max_new_tokens)
+        r_b = generate(s, [format_prompt(e.question) for e in benign], cfg.max_new_tokens)
+        kinds_b = collections.Counter(response_kind(e, r) for e, r in zip(benign, r_b))
+        row = {"setting": name, "lr": lr, "beta": beta, "nll_alpha": alpha,
+               "asr_train_prompts": sum(v.unsafe for v in EmbeddedJudge().judge(r_h, r_h)) / n,
+               "refusal_train_prompts": sum(response_kind(e, r) == "refusal" for e, r in zip(harm, r_h)) / n,
+               "correct_benign": kinds_b["correct"] / n, "refusal_benign": kinds_b["refusal"] / n,
+               "arithmetic_val": evaluate_math(s, items, max_new_tokens=160, keep_records=False).accuracy}
+        row["score"] = row["asr_train_prompts"] + (1 - row["correct_benign"])  # lower is better
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def write_validation(rows) -> None:
+    keys = list(rows[0])
+    lines = ["# Validation sweep for the safety DPO arms (no test prompts involved)", "",
+             "Produced by `experiments/safety.py --validate` on seed 0's triplets. asr_train_prompts: ASR on 300 "
+             "attacked training prompts; correct/refusal_benign: on 300 attacked benign and scary prompts (styles "
+             "other than direct); arithmetic_val: 100 validation-split problems; score = asr_train_prompts + "
+             "(1 - correct_benign), lower is better. The arms of `configs/safety_demo.yaml` are the best plain-DPO "
+             "and the best DPO+NLL setting by this score.", "",
+             "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+    (RESULTS / "safety_validation.md").write_text("\n".join(lines) + "\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "safety_demo.yaml"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--output-dir", default="runs/exp-safety")
+    ap.add_argument("--validate", action="store_true", help="run the validation sweep that picks the arms instead")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     cfg = load_config(SafetyDemoConfig, args.config,
                       [*args.overrides, f"seeds={json.dumps(args.seeds)}", f"output_dir={args.output_dir}"])
+    if args.validate:
+        import torch
+        torch.set_num_threads(cfg.threads)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        write_validation(validation_sweep(cfg))
+        print((RESULTS / "safety_validation.md").read_text())
+        return 0
     t0 = time.time()
     res = run_demo(cfg)
     seconds = time.time() - t0

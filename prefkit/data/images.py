@@ -13,7 +13,6 @@ Bad rows raise DataError (file, row, field); with skip_invalid=True they are ski
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import torch
 from PIL import Image
 
 from prefkit.data.errors import DataError, LoadReport, RowHandler
+from prefkit.data.loaders import iter_rows
 
 ImageSource = Any  # path str, encoded bytes, {"bytes": ..} / {"path": ..}, PIL.Image, np.ndarray (H, W, 3) uint8, or tensor (3, H, W) in [-1, 1]
 
@@ -113,43 +113,27 @@ def _caption(row: dict, source: str, i: int, keys=("caption", "prompt")) -> str:
 
 
 # ---------------------------------------------------------------- Pick-a-Pic
-def _rows(source) -> tuple[str, Iterable[dict]]:
+def _numbered_rows(source) -> tuple[str, Iterable[tuple[int, dict | DataError]]]:
+    """(name, (1-based row, dict or DataError) pairs): files through prefkit.data.loaders.iter_rows, else any iterable."""
     if isinstance(source, str):
-        if source.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            return source, pq.read_table(source).to_pylist()
-        if source.endswith((".jsonl", ".json")):
-            return source, _read_jsonl(source)
-        raise DataError(source, None, None, "expected a .parquet or .jsonl file")
-    return getattr(source, "name", None) or type(source).__name__, source
-
-
-def _read_jsonl(path: str) -> list:
-    out = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                out.append(DataError(path, i, None, f"invalid JSON ({e.msg})"))
-    return out
+        if not os.path.exists(source):
+            raise DataError(source, None, None, "file not found")
+        return source, iter_rows(source)
+    return getattr(source, "name", None) or type(source).__name__, enumerate(source, 1)
 
 
 def load_pickapic(source, *, skip_invalid: bool = False, check_images: bool = True) -> tuple[list[ImagePair], LoadReport]:
-    """Pick-a-Pic rows (parquet / jsonl path, or any iterable of dicts such as a datasets.Dataset) -> pairs.
+    """Pick-a-Pic rows (parquet / jsonl / local datasets folder, or any iterable of dicts such as a datasets.Dataset) -> pairs.
 
     Image fields hold encoded bytes (or {"bytes": ...} as datasets' Image feature stores them, or paths).
     Returns the pairs and a LoadReport; ties (label_0 == 0.5) are always dropped and counted there.
     """
-    name, rows = _rows(source)
+    name, rows = _numbered_rows(source)
     report = LoadReport(name)
     handler = RowHandler(report, skip_invalid)
     base = os.path.dirname(name) if isinstance(source, str) else None
     pairs = []
-    for i, row in enumerate(rows, 1):
+    for i, row in rows:
         report.rows_read += 1
         try:
             if isinstance(row, DataError):
@@ -193,13 +177,11 @@ def load_image_jsonl(path: str, *, kind: str = "auto", skip_invalid: bool = Fals
     report = LoadReport(path)
     handler = RowHandler(report, skip_invalid)
     out: list = []
-    for i, row in enumerate(_read_jsonl(path), 1):
+    for i, row in iter_rows(path):
         report.rows_read += 1
         try:
             if isinstance(row, DataError):
                 raise row
-            if not isinstance(row, dict):
-                raise DataError(path, i, None, f"expected a JSON object, got {type(row).__name__}")
             if kind == "auto":
                 kind = "ranked" if "images" in row else "pairs"
             cap = _caption(row, path, i)
