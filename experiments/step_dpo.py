@@ -102,6 +102,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ood-grid", default=json.dumps(DEFAULT_GRID[:1]),
                     help="settings for the OOD arm (compared with the self-generated arm at the same setting)")
     ap.add_argument("--skip-sft-eval", action="store_true", help="the SFT model is evaluated by another process")
+    ap.add_argument("--sources", nargs="+", default=["self", "ood"], choices=["self", "ood"],
+                    help="which pair sources to run (self-generated, OOD chosen steps)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="", help="suffix of the runs csv (to run seeds as parallel processes)")
     ap.add_argument("--merge", nargs="*", default=None, help="only merge these runs csvs into the tables and plot")
@@ -147,7 +149,8 @@ def main(argv=None) -> int:
         ood = pretrain(cfg.world, cfg.model, replace(cfg.sft, style="words", seed=cfg.sft.seed + 1),
                        cache_root=cfg.cache_root, split_seed=cfg.split_seed)
     for s in args.seeds:
-        sources = [("self", None)] + ([("ood", ood)] if ood is not None else [])
+        sources = ([("self", None)] if "self" in args.sources else []) + \
+                  ([("ood", ood)] if ood is not None and "ood" in args.sources else [])
         for source, rectifier in sources:
             pairs = runs_dir / f"seed{s}" / source / "step_pairs.jsonl"
             build_pairs(cfg, sft, files["pref"], pairs, s, rectifier)

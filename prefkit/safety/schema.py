@@ -53,30 +53,22 @@ class SafetyExample:
                 **({"meta": self.meta} if self.meta else {})}
 
 
-def _read_rows(path: Path) -> list[Any]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        rows = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(str(path), i, None, f"not valid JSON: {e.msg}") from None
-        return rows
+def _read_rows(path: Path) -> list[tuple[int, Any]]:
+    """(row number, row or DataError) pairs. JSONL goes through the shared reader (a bad line is a per-row
+    error that skip_invalid can skip); a JSON file is a list of rows or an object with a 'data' list."""
+    from prefkit.data.loaders import iter_rows
+
+    raw = path.read_bytes()
+    if path.suffix == ".jsonl" or raw.lstrip()[:1] != b"{":
+        return list(iter_rows(str(path)))
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(str(path), None, None, f"not valid JSON (line {e.lineno}): {e.msg}") from None
-    if isinstance(data, dict):
-        for key in ("data", "rows"):
-            if isinstance(data.get(key), list):
-                return data[key]
-        raise DataError(str(path), None, None, "expected a JSON list of rows (or an object with a 'data' list)")
-    if not isinstance(data, list):
-        raise DataError(str(path), None, None, f"expected a JSON list of rows, got {type(data).__name__}")
-    return data
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(str(path), None, None, f"not valid JSON: {e}") from None
+    for key in ("data", "rows"):
+        if isinstance(data.get(key), list):
+            return list(enumerate(data[key], 1))
+    raise DataError(str(path), None, None, "expected a JSON list of rows (or an object with a 'data' list)")
 
 
 def example_from_row(row: Any, *, source: str, index: int, topic_columns: Iterable[str] | None = None,
@@ -144,9 +136,11 @@ def load_egida_json(path: str | Path, *, skip_invalid: bool = False, topic_colum
     cols = list(topic_columns) if topic_columns is not None else None
     out: list[SafetyExample] = []
     seen: dict[str, int] = {}
-    for i, row in enumerate(rows, 1):
+    for i, row in rows:
         report.rows_read += 1
         try:
+            if isinstance(row, DataError):
+                raise row
             ex = example_from_row(row, source=src, index=i, topic_columns=cols, base_key=base_key)
             if ex.uuid in seen:
                 raise DataError(src, i, "uuid", f"duplicate uuid {ex.uuid!r} (first at row {seen[ex.uuid]})")
