@@ -40,7 +40,29 @@ from prefkit.worlds.arithmetic.model import pretrain  # noqa: E402
 DEFAULT_GRID = [{"learning_rate": 1e-4, "beta": 0.1}, {"learning_rate": 3e-4, "beta": 0.1}]
 FLOATS = {"accuracy", "ci_low", "ci_high"}
 INTS = {"seed", "n_correct", "n", "pairs"}
-NAMES = {"dpo": "DPO", "step_dpo": "Step-DPO", "step_dpo_ood": "Step-DPO (OOD chosen)"}
+NAMES = {"dpo": "DPO", "step_dpo": "Step-DPO", "step_dpo_ood": "Step-DPO (OOD chosen)",
+         "dpo_verified": "DPO (verified chosen)", "step_dpo_verified": "Step-DPO (verified chosen)"}
+
+
+def verified_pairs(pairs: Path, problems: Path, out: Path) -> Path:
+    """Keep the self-generated pairs whose chosen step k is itself right by the programmatic checker (the
+    paper's rule keeps any continuation with the right final answer; a weak policy reaches it by luck)."""
+    from prefkit.eval.math_eval import load_math_jsonl
+    from prefkit.methods.step_dpo import read_rows, write_rows
+    from prefkit.pipelines.step_judges import ArithmeticStepJudge, JudgeRequest
+
+    items, _ = load_math_jsonl(problems)
+    by_prompt = {it.question: it for it in items}
+    rows = read_rows(pairs)
+    its = [by_prompt[r["prompt"].split("Question: ", 1)[1].rsplit("\nAnswer: ", 1)[0]] for r in rows]
+    verdicts = ArithmeticStepJudge().judge([JudgeRequest(it.question, r["initial_reason_steps"] + r["full_chosen"],
+                                                         it.gold, it.row) for r, it in zip(rows, its)])
+    kept = [r for r, v in zip(rows, verdicts) if v.first_wrong is None or v.first_wrong > r["step_index"] - 1]
+    write_rows(kept, out)
+    counts = {"pairs_in": len(rows), "pairs": len(kept), "chosen_step_wrong": len(rows) - len(kept)}
+    out.with_name(out.name + ".stats.json").write_text(json.dumps(counts, indent=1))
+    print(f"[exp] verified chosen steps: kept {len(kept)} of {len(rows)} pairs ({len(rows) - len(kept)} chosen steps wrong)")
+    return out
 
 
 def mean_sd(xs):
@@ -71,7 +93,7 @@ def summarize(runs: list[dict], results: Path, note: str = "") -> None:
           "| method | setting (chosen on val) | mean test accuracy | sd over seeds | per seed (95% Wilson interval) | mean val accuracy | pairs (mean) |",
           "|---|---|---|---|---|---|---|"]
     bars = []
-    order = ["SFT", "DPO", "Step-DPO", "Step-DPO (OOD chosen)"]
+    order = ["SFT", "DPO", "Step-DPO", "Step-DPO (OOD chosen)", "DPO (verified chosen)", "Step-DPO (verified chosen)"]
     for m in sorted(best, key=lambda x: order.index(x) if x in order else 99):
         setting = best[m][1]
         rs = groups.get((m, setting, "test"), [])
@@ -102,7 +124,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ood-grid", default=json.dumps(DEFAULT_GRID[:1]),
                     help="settings for the OOD arm (compared with the self-generated arm at the same setting)")
     ap.add_argument("--skip-sft-eval", action="store_true", help="the SFT model is evaluated by another process")
-    ap.add_argument("--sources", nargs="+", default=["self", "ood"], choices=["self", "ood"],
+    ap.add_argument("--verified-from", default=None, help="with --sources verified: the self pairs file to filter")
+    ap.add_argument("--sources", nargs="+", default=["self", "ood"], choices=["self", "ood", "verified"],
                     help="which pair sources to run (self-generated, OOD chosen steps)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="", help="suffix of the runs csv (to run seeds as parallel processes)")
@@ -150,18 +173,23 @@ def main(argv=None) -> int:
                        cache_root=cfg.cache_root, split_seed=cfg.split_seed)
     for s in args.seeds:
         sources = ([("self", None)] if "self" in args.sources else []) + \
-                  ([("ood", ood)] if ood is not None and "ood" in args.sources else [])
+                  ([("ood", ood)] if ood is not None and "ood" in args.sources else []) + \
+                  ([("verified", None)] if "verified" in args.sources else [])
         for source, rectifier in sources:
             pairs = runs_dir / f"seed{s}" / source / "step_pairs.jsonl"
-            build_pairs(cfg, sft, files["pref"], pairs, s, rectifier)
-            arms = ("dpo", "step_dpo") if source == "self" else ("step_dpo",)
-            for gi, g in enumerate(grid if source == "self" else json.loads(args.ood_grid)):
+            if source == "verified":
+                src = Path(args.verified_from.format(seed=s)) if args.verified_from else runs_dir / f"seed{s}" / "self" / "step_pairs.jsonl"
+                verified_pairs(src, files["pref"], pairs)
+            else:
+                build_pairs(cfg, sft, files["pref"], pairs, s, rectifier)
+            arms = ("step_dpo",) if source == "ood" else ("dpo", "step_dpo")
+            for gi, g in enumerate(grid if source == "self" else json.loads(args.ood_grid)):  # same g0 for ood/verified
                 c = replace(cfg, step_dpo=replace(cfg.step_dpo, **g), dpo=replace(cfg.dpo, **g))
                 res = run_arms(c, sft, files, runs_dir / f"seed{s}" / source / f"g{gi}", s, arms=arms,
                                eval_splits=("val", "test"), pairs_from=pairs)
                 for arm in arms:
                     if arm in res:
-                        name = NAMES["step_dpo_ood" if source == "ood" else arm]
+                        name = NAMES[arm + ("_" + source if source != "self" else "")]
                         for split in ("val", "test"):
                             record(name, s, json.dumps(g, sort_keys=True), split, res[arm][split], res[arm]["pairs"])
         with open(results / f"step_dpo_runs{'_' + args.tag if args.tag else ''}.csv", "w", newline="") as f:

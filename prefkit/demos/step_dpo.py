@@ -157,11 +157,12 @@ def plot_bars(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(rows)), 3.8))
     xs = range(len(rows))
     acc = [r["accuracy"] for r in rows]
     err = [[r["accuracy"] - r["ci_low"] for r in rows], [r["ci_high"] - r["accuracy"] for r in rows]]
-    ax.bar(xs, acc, yerr=err, capsize=6, color=["#999999", "#4c72b0", "#dd8452", "#55a868"][: len(rows)])
+    palette = ["#999999", "#4c72b0", "#dd8452", "#55a868", "#8172b3", "#c44e52"]
+    ax.bar(xs, acc, yerr=err, capsize=6, color=[palette[i % len(palette)] for i in xs])
     ax.set_xticks(list(xs), [r["method"] for r in rows])
     ax.set_ylabel("held-out accuracy (greedy)")
     ax.set_ylim(0, 1)
