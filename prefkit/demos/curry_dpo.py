@@ -331,11 +331,11 @@ def plot(result: dict, path: Path) -> Path:
                color=["0.6"] + ["C%d" % i for i in range(len(summary) - 1)])
         ax.set_xticks(range(len(summary)), names, rotation=30, ha="right", fontsize=8)
         ax.set_title(title)
-    for i, (name, curve) in enumerate(sorted(result["curves"].items())):
-        if curve and name.endswith("-s%d" % result["config"]["seeds"][0]):
-            ax = axes[2]
-            ax.plot([c[0] for c in curve], [c[1] for c in curve], label=name.rsplit("-s", 1)[0])
-    axes[2].set_title("training loss (first seed; ranked_dpo is a listwise loss)")
+    for name, curve in sorted(result["curves"].items()):  # the listwise losses have another scale: left out
+        if curve and name.endswith("-s%d" % result["config"]["seeds"][0]) and not name.startswith("ranked_dpo"):
+            axes[2].plot([c[0] for c in curve], [c[1] for c in curve], label=name.rsplit("-s", 1)[0], lw=1)
+    axes[2].axhline(math.log(2), color="0.5", ls=":", lw=1)
+    axes[2].set_title("pairwise DPO training loss (first seed; dotted: ln 2)", fontsize=10)
     axes[2].set_xlabel("optimizer step")
     axes[2].legend(fontsize=7)
     fig.tight_layout()
