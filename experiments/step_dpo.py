@@ -105,7 +105,8 @@ def summarize(runs: list[dict], results: Path, note: str = "") -> None:
                   f"{statistics.mean(r['pairs'] for r in rs):.0f} |")
         half = 1.96 * sd / max(1, len(rs)) ** 0.5
         bars.append({"method": m.replace(" (", "\n("), "accuracy": mu, "ci_low": mu - half, "ci_high": mu + half})
-    ml += ["", note, f"n = {runs[0]['n'] if runs else 0} test problems per run. Bars: mean over seeds, error bars "
+    n_test = next((r['n'] for r in runs if r['split'] == 'test'), 0)
+    ml += ["", note, f"n = {n_test} test problems per run. Bars: mean over seeds, error bars "
            "1.96 x sd / sqrt(seeds). Seeds vary the pair sampling and the training order; the SFT model is fixed, "
            "so its accuracy has no spread over seeds. Every run: step_dpo_runs*.csv; every setting: step_dpo_tuning.md."]
     (results / "step_dpo.md").write_text("\n".join(ml) + "\n")
