@@ -89,6 +89,10 @@ def merge_adapters_in_place(policy) -> None:
     for module in policy.modules():
         if isinstance(module, LoraLayer):
             for name in module.active_adapters:
+                if name not in module.lora_A:  # e.g. embedding LoRA (lora_embedding_A): not merged here
+                    raise NotImplementedError(
+                        f"{type(module).__name__}: adapter {name!r} has no lora_A (embedding or other LoRA kinds); "
+                        "merging it in place is not supported, use method.reference=copy for curricula")
                 if name in module.lora_A:
                     delta = module.get_delta_weight(name)
                     module.get_base_layer().weight.data += delta.to(module.get_base_layer().weight.dtype)
