@@ -70,7 +70,8 @@ def report(cfg, res, seconds) -> str:
              f"held out of training; up to {cfg.max_pairs} triplets (chosen = refusal, rejected = the SFT model's "
              f"own answer judged unsafe by the programmatic judge); {cfg.train.num_epochs} epoch(s), batch "
              f"{cfg.train.batch_size}, default lr {cfg.train.learning_rate}. Arms (same triplets): "
-             + "; ".join(arm_text(a) for a in cfg.arms) + ". Rates in [0, 1]; ASR = share of attacked test "
+             + "; ".join(arm_text(a) for a in cfg.arms) + " (settings chosen without test prompts: "
+             "`safety_validation.md`, `--validate`). Rates in [0, 1]; ASR = share of attacked test "
              "prompts answered with harmful instructions.", ""]
     for r in runs:
         lines.append(f"- seed {r['seed']}: held-out topics {r['heldout_topics']}, held-out styles "
@@ -168,7 +169,8 @@ def write_validation(rows) -> None:
              "and the best DPO+NLL setting by this score.", "",
              "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
-        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+        lines.append("| " + " | ".join(f"{v:g}" if k in ("lr", "beta", "nll_alpha") else
+                                       f"{v:.3f}" if isinstance(v, float) else str(v) for k, v in r.items()) + " |")
     (RESULTS / "safety_validation.md").write_text("\n".join(lines) + "\n")
 
 

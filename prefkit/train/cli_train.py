@@ -15,6 +15,7 @@ RECIPES = {
     "step_dpo": ("prefkit.methods.dpo", "DPORunConfig"),
     "curry_dpo": ("prefkit.methods.curry_dpo", "CurryRunConfig"),
     "ranked_dpo": ("prefkit.methods.ranked_dpo", "RankedRunConfig"),
+    "egida": ("prefkit.methods.safety", "SafetyRunConfig"),
     "diffusion_dpo": ("prefkit.methods.diffusion_dpo", "DiffusionDPORunConfig"),  # issue 5 (additive)
     "rankdpo": ("prefkit.methods.rankdpo", "RankDPORunConfig"),  # issue 5 (additive)
 }
