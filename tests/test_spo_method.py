@@ -149,3 +149,24 @@ def test_shipped_configs_parse(name):
     cfg = load_config(SPORunConfig, Path(__file__).resolve().parents[1] / "configs" / name)
     assert cfg.method.beta == 10.0 and cfg.method.clip_eps == 0.1 and cfg.method.sampler.eta == 1.0
     assert cfg.train.lr_scheduler == "constant"
+
+
+def test_fit_cnn_scorer_counts_denoising_forwards(tmp_path):
+    """The CNN step scorer is fitted through the one Trainer on labelled pairs; each pair costs 2 images x CFG 2
+    UNet items for x0_hat (the clean-image draws reuse the same batch)."""
+    from prefkit.data.images import ImagePair
+    from prefkit.diffusion.step_scorer import StepAwareCNNScorer
+    from prefkit.methods.spo import fit_cnn_scorer
+
+    be = _backend()
+    g = torch.Generator().manual_seed(0)
+    pairs = [ImagePair("red square", torch.rand(3, 8, 8, generator=g) * 2 - 1, torch.rand(3, 8, 8, generator=g) * 2 - 1)
+             for _ in range(8)]
+    cfg = from_dict(SPORunConfig, {"scorer": {"fit_data": "x", "fit_epochs": 1, "fit_batch_size": 4, "width": 8},
+                                   "method": {"sampler": {"num_inference_steps": 4}},
+                                   "train": {"progress_bar": False, "lr_scheduler": "constant"}})
+    scorer, forwards, seconds = fit_cnn_scorer(be, pairs, cfg, tmp_path / "fit", log=lambda *a: None)
+    assert isinstance(scorer, StepAwareCNNScorer) and not any(p.requires_grad for p in scorer.parameters())
+    assert forwards == 8 * 2 * 2 and seconds > 0
+    out = scorer(torch.zeros(2, 3, 8, 8), torch.tensor([0, 500]), be.encode_text(["red square", "blue circle"]))
+    assert out.shape == (2,)

@@ -235,7 +235,8 @@ def load_step_scorer(path: str | Path) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------- training module
-# denoise_fn(x_t (N, C, H, W), timesteps (N,), batch) -> x0_hat (N, C, H, W), no grad (the diffusion model)
+# denoise_fn(x_t (N, C, H, W), timesteps (N,), batch) -> x0_hat (N, C, H, W) or (x0_hat, UNet forwards spent),
+# no grad (the diffusion model); a bare tensor counts one forward per item
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor]
 # scorer_call(scorer, images, timesteps, batch) -> (N,): how the prompt reaches the scorer
 ScorerCall = Callable[[nn.Module, torch.Tensor, torch.Tensor, dict], torch.Tensor]
@@ -268,8 +269,9 @@ class StepScorerModule(nn.Module):
         with torch.no_grad():
             xt = torch.cat([a.sqrt() * x_w + (1 - a).sqrt() * noise, a.sqrt() * x_l + (1 - a).sqrt() * noise])
             both = {k: torch.cat([v, v]) if torch.is_tensor(v) and v.shape[:1] == (B,) else v for k, v in batch.items()}
-            x0 = self.denoise_fn(xt, torch.cat([t, t]), both)  # (2B, C, H, W)
-            self.denoise_forwards += int(xt.shape[0])
+            out = self.denoise_fn(xt, torch.cat([t, t]), both)
+            x0, n = out if isinstance(out, tuple) else (out, int(xt.shape[0]))  # (2B, C, H, W), UNet forwards spent
+            self.denoise_forwards += n
         x0_w, x0_l = x0.chunk(2)
         m = clean.view(B, 1, 1, 1)
         x0_w, x0_l = torch.where(m, x_w, x0_w), torch.where(m, x_l, x0_l)

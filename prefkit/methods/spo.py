@@ -303,10 +303,10 @@ def guided_x0_fn(backend, guidance_scale: float, clip_sample: bool):
     @torch.no_grad()
     def denoise(x_t, t, batch):
         cond = batch["text"]
-        eps, _ = guided_eps(backend.unet, x_t, t, cond, uncond1.expand_as(cond), guidance_scale)
+        eps, n = guided_eps(backend.unet, x_t, t, cond, uncond1.expand_as(cond), guidance_scale)
         a = backend.scheduler.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1)
         x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
-        return x0.clamp(-1, 1) if clip_sample else x0
+        return (x0.clamp(-1, 1) if clip_sample else x0), n  # n: CFG counts 2 per item
 
     return denoise
 

@@ -16,6 +16,7 @@ RECIPES = {
     "curry_dpo": ("prefkit.methods.curry_dpo", "CurryRunConfig"),
     "ranked_dpo": ("prefkit.methods.ranked_dpo", "RankedRunConfig"),
     "egida": ("prefkit.methods.safety", "SafetyRunConfig"),
+    "spo": ("prefkit.methods.spo", "SPORunConfig"),
     "diffusion_dpo": ("prefkit.methods.diffusion_dpo", "DiffusionDPORunConfig"),  # issue 5 (additive)
     "rankdpo": ("prefkit.methods.rankdpo", "RankDPORunConfig"),  # issue 5 (additive)
 }
