@@ -46,6 +46,7 @@ from benchmarks.shapes import (SHAPES, build_models, linear_params, make_groups,
                                model_flops, MODEL_CONFIGS)
 
 CORE = ("trl", "prefkit-naive", "prefkit-prefix")
+EXTRA = ("prefkit-prefix-pad64",)  # prefix-shared rows rounded up to a multiple of 64 tokens (only when asked for)
 PRECOMPUTED = ("trl-precomputed", "prefkit-prefix-precomputed")
 LOSS_TOL = 1e-4
 
@@ -53,7 +54,7 @@ MODES = {
     "cpu": dict(model="cpu", dtype=torch.float32, mp="no", batches=(2,), ranked_batches=(2,), window=1, timed=2,
                 precomputed=("step_dpo",), scale=1.0, budget=0.0),
     "gpu": dict(model="gpu", dtype=torch.bfloat16, mp="bf16", batches=(32, 8), ranked_batches=(8, 4), window=4,
-                timed=2, precomputed=("step_dpo", "ultrafeedback"), scale=1.0, budget=480.0),
+                timed=3, precomputed=("step_dpo", "ultrafeedback"), scale=1.0, budget=480.0),
 }
 DRY_RUN = dict(model="micro", scale=1 / 16, window=2, timed=1, ref_noise=0.5)  # micro: more noise, or loss ~ ln 2
 
@@ -65,7 +66,8 @@ def run_variant(variant: str, policy, ref, groups, shape, batch: int, s: RunSett
             return run_trl(policy, ref, groups, shape, batch, s, precompute=pre, tag=variant)
         backend = "naive" if "naive" in variant else "prefix"
         return run_prefkit(policy, ref, groups, shape, batch, s, backend=backend, precompute=pre,
-                           flex="flex" in variant, tag=variant)
+                           flex="flex" in variant, pad_to_multiple_of=64 if variant.endswith("-pad64") else None,
+                           tag=variant)
     except torch.OutOfMemoryError:
         return RunResult(variant, shape.name, batch, error="out of memory")
     except Exception as e:  # a benchmark table row, not a crash: report what failed and go on
@@ -75,8 +77,8 @@ def run_variant(variant: str, policy, ref, groups, shape, batch: int, s: RunSett
 def plan(args, cfg) -> list[tuple[str, str, int, str]]:
     """(phase, shape, batch, variant) in priority order; the time budget cuts from the end."""
     items = []
-    order = [v for v in (args.variants or []) if v in CORE + PRECOMPUTED]  # --variants also sets the run order
-    core = [v for v in order if v in CORE] if order else list(CORE)
+    order = [v for v in (args.variants or []) if v in CORE + EXTRA + PRECOMPUTED]  # --variants also sets the order
+    core = [v for v in order if v in CORE + EXTRA] if order else list(CORE)
     pre = [v for v in order if v in PRECOMPUTED] if order else list(PRECOMPUTED)
     for name in args.shapes:
         for b in (cfg["ranked_batches"] if SHAPES[name].k > 2 else cfg["batches"]):

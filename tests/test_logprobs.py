@@ -65,3 +65,18 @@ def test_prefix_layout_positions_restart_after_prompt():
     batch = collate_groups([GROUPS[0]], 0, "prefix")
     assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 4, 5, 6]
     assert batch["segments"][0].tolist() == [0, 0, 0, 0, 1, 1, 2, 2, 2]
+
+
+@pytest.mark.parametrize("backend", ["prefix", "naive"])
+def test_pad_to_multiple_of_changes_shapes_not_logps(backend):
+    """Rounding the row length up (GPU alignment / fewer distinct shapes) adds only masked, unscored padding."""
+    torch.manual_seed(0)
+    model = tiny_causal_lm("qwen2")
+    plain = collate_groups(RANKED, 0, backend)
+    padded = collate_groups(RANKED, 0, backend, pad_to_multiple_of=16)
+    assert plain["input_ids"].shape[1] % 16 != 0 and padded["input_ids"].shape[1] % 16 == 0
+    assert int(padded["n_tokens"]) == int(plain["n_tokens"])
+    with torch.no_grad():
+        a, b = completion_logps(model, plain).logps, completion_logps(model, padded).logps
+    assert torch.count_nonzero(a) > 0
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

@@ -25,7 +25,10 @@ from prefkit.data.examples import TokenizedGroup
 BACKENDS = ("prefix", "naive")
 
 
-def collate_groups(groups: list[TokenizedGroup], pad_id: int, backend: str = "prefix") -> dict[str, torch.Tensor]:
+def collate_groups(groups: list[TokenizedGroup], pad_id: int, backend: str = "prefix",
+                   pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
+    """`pad_to_multiple_of` rounds the row length up (tensor-core alignment; fewer distinct shapes, so
+    per-shape kernel plans are reused on GPU). Padding is masked and never scored: log-probs are unchanged."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown log-prob backend {backend!r}; expected one of {BACKENDS}")
     B = len(groups)
@@ -58,6 +61,8 @@ def collate_groups(groups: list[TokenizedGroup], pad_id: int, backend: str = "pr
             p[within == 0] = P - 1  # the first token of every completion is predicted by the prompt's last
             s_pos.append(p)
     T = max(r.size for r in rows)
+    if pad_to_multiple_of:
+        T = -(-T // pad_to_multiple_of) * pad_to_multiple_of
     N = len(rows)
     input_ids = np.full((N, T), pad_id, dtype=np.int64)
     position_ids = np.zeros((N, T), dtype=np.int64)

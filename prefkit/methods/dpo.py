@@ -49,9 +49,12 @@ class MethodConfig:
     label_smoothing: float = 0.0
     reference: str = "copy"  # copy | adapter | precomputed
     backend: str = "prefix"  # prefix | naive
+    pad_to_multiple_of: int | None = None  # round row lengths up (GPU: aligned, fewer distinct shapes)
     reference_cache_dir: str = "runs/cache/reference"
 
     def __post_init__(self):
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise ValueError(f"method.pad_to_multiple_of: must be >= 1, got {self.pad_to_multiple_of}")
         if self.name not in ("dpo", "step_dpo"):
             raise ValueError(f"method.name: {self.name!r} is not handled by prefkit.methods.dpo")
         if self.loss_kind not in ("sigmoid", "ipo", "hinge"):
@@ -90,13 +93,13 @@ def tokenize_all(examples, tokenizer, settings: TokenizeSettings, report: LoadRe
 
 
 class GroupCollator:
-    def __init__(self, pad_id: int, backend: str):
-        self.pad_id, self.backend = pad_id, backend
+    def __init__(self, pad_id: int, backend: str, pad_to_multiple_of: int | None = None):
+        self.pad_id, self.backend, self.pad_to_multiple_of = pad_id, backend, pad_to_multiple_of
 
     def __call__(self, groups):
         from prefkit.data.collate import collate_groups
 
-        return collate_groups(groups, self.pad_id, self.backend)
+        return collate_groups(groups, self.pad_id, self.backend, self.pad_to_multiple_of)
 
 
 def build_reference(kind: str, policy, groups, pad_id: int, cache_dir: str, backend: str):
@@ -125,6 +128,7 @@ def run(cfg: DPORunConfig, *, resume: bool = False, log=print) -> TrainResult:
     module = LMPreferenceModule(policy, reference, objective, tokenizer)
     if cfg.method.reference == "precomputed" and eval_groups:
         raise ValueError("method.reference=precomputed with data.eval_file: use reference=copy to evaluate")
-    trainer = Trainer(cfg.train, module, groups, GroupCollator(tokenizer.pad_token_id, cfg.method.backend),
+    trainer = Trainer(cfg.train, module, groups, GroupCollator(tokenizer.pad_token_id, cfg.method.backend,
+                                                              cfg.method.pad_to_multiple_of),
                       eval_dataset=eval_groups, run_config=asdict(cfg) | {"data_report": report.summary()}, log=log)
     return trainer.train(resume=resume)

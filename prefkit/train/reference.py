@@ -125,7 +125,7 @@ def fingerprint_model(model) -> str:
         h.update(name.encode())
         t = p.detach().float().flatten()
         h.update(str(tuple(p.shape)).encode())
-        h.update(t[:: max(1, t.numel() // 4096)].numpy().tobytes())
+        h.update(t[:: max(1, t.numel() // 4096)].cpu().numpy().tobytes())  # any device
     return h.hexdigest()[:16]
 
 
