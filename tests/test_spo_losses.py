@@ -105,6 +105,21 @@ def test_logprob_gradient_matches_normal_autograd():
     torch.testing.assert_close(eps1.grad, eps2.grad, rtol=1e-5, atol=1e-7)
 
 
+def test_step_mean_is_the_samplers_ddim_step():
+    """The loss's Gaussian is prefkit.diffusion.ddim's step (the one tested against diffusers), per-row schedules too."""
+    from prefkit.diffusion.ddim import ddim_step
+
+    torch.manual_seed(4)
+    x_t, eps, z = torch.randn(3, 2, 3, 4, 4).unbind(0)
+    for a_t, a_p in [(0.3, 0.45), (torch.tensor([0.3, 0.5]), torch.tensor([0.45, 0.9]))]:
+        mu, sigma, x0 = ddim_step_mean(x_t, eps, a_t, a_p, eta=0.8, clip_sample=True)
+        st = ddim_step(x_t, eps, a_t, a_p, eta=0.8, noise=z, clip_sample=True)
+        assert torch.equal(mu, st.mean) and torch.equal(sigma, st.sigma) and torch.equal(x0, st.x0_hat)
+        assert torch.equal(st.prev, mu + sigma * z)
+    with pytest.raises(ValueError, match="eta"):
+        ddim_step_mean(x_t, eps, 0.3, 0.45, eta=0.0)
+
+
 def test_logprob_rejects_deterministic_step_and_bad_shapes():
     x = torch.zeros(1, 1, 2, 2)
     with pytest.raises(ValueError, match="eta"):

@@ -95,10 +95,12 @@ def test_rounds_keep_optimizer_state_and_count_compute(tmp_path):
     assert ledger.sampling_forwards == 2 * (8 + 3 * 24)
     assert ledger.policy_forwards == ledger.reference_forwards == 2 * 24
     assert history[-1]["unet_forwards"] == ledger.unet_forwards
-    # one AdamW optimizer over both rounds: 2 steps per round (12 tuples, batch 8)
+    # one AdamW optimizer over both rounds: 2 steps per round (12 tuples, batch 8); the step count runs on
     opt_state = next(iter(res.trainer.optimizer.state_dict()["state"].values()))
-    assert int(opt_state["step"]) == 4
-    assert (tmp_path / "out" / "rounds" / "round-0002" / "metrics.jsonl").exists()
+    assert int(opt_state["step"]) == 4 and res.trainer.global_step == 4
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "out" / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4]
+    assert not list((tmp_path / "out").glob("checkpoint-*"))  # rounds are not resumable: no checkpoints
 
 
 def test_config_validation():

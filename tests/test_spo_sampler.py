@@ -5,7 +5,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from prefkit.diffusion.spo_sampler import SPOSamplerConfig, ddim_schedule, guided_eps, spo_sample
+from prefkit.diffusion.ddim import guided_eps_and_forwards as guided_eps
+from prefkit.diffusion.spo_sampler import SPOSamplerConfig, ddim_schedule, spo_sample
 from prefkit.losses.spo import ddim_step_mean
 
 
@@ -140,3 +141,27 @@ def test_prefkit_ddpm_schedule_last_step_is_plain():
     assert out.n_compared == B * (T - 1) and int(out.pairs.step_index.max()) == T - 2
     assert out.unet_forwards == 2 * B + 2 * K * B * (T - 1)
     assert max(float(x.abs().max()) for x in seen) <= 1.0
+
+
+def test_guided_eps_per_row_timesteps_and_forward_count_match_the_cfg_formula():
+    """The sampler's guided eps (prefkit.diffusion.ddim) against the formula written out: one UNet batch of
+    [uncond; cond], eps_u + w (eps_c - eps_u), per-row timesteps, CFG counting 2 forwards per row."""
+    from prefkit.diffusion.ddim import guided_eps as plain_guided_eps
+
+    unet, _, cond, uncond = _setup(B=3)
+    x = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([900, 500, 20])
+    out = unet(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample
+    e_u, e_c = out.chunk(2)
+    expected = e_u + 3.0 * (e_c - e_u)
+    unet.rows = 0
+    eps, n = guided_eps(unet, x, t, cond, uncond, 3.0)
+    assert torch.equal(eps, expected) and n == 6 and unet.rows == 6
+    for i in range(3):  # per-row timesteps == one timestep per row
+        row, _ = guided_eps(unet, x[i:i + 1], int(t[i]), cond[i:i + 1], uncond[i:i + 1], 3.0)
+        torch.testing.assert_close(row, eps[i:i + 1])
+    assert torch.equal(plain_guided_eps(unet, x, t, cond, uncond, 3.0), eps)
+    unet.rows = 0
+    eps1, n1 = guided_eps(unet, x, 500, cond, None, 3.0)  # no uncond: plain conditional eps, one forward per row
+    assert torch.equal(eps1, unet(x, torch.full((3,), 500), encoder_hidden_states=cond).sample) and n1 == 3
+    assert guided_eps(unet, x, 500, cond, uncond, 1.0)[1] == 3

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from prefkit.eval.image_grid import save_image_grid
+
 EVAL_STEPS, EVAL_GUIDANCE = 10, 3.0  # the shapes benchmark's sampler (prefkit.worlds.shapes.benchmark): DDIM 10 steps, CFG 3
 
 
@@ -93,29 +95,7 @@ def evaluate(backend, prompts: list[str], seed: int = 1000) -> tuple[dict, torch
 
 def save_grid(rows: dict[str, torch.Tensor], prompts: list[str], path: str | Path, upscale: int = 4) -> None:
     """One row of images per method (N, 3, H, W) in [-1, 1], prompts as column titles."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from prefkit.worlds.shapes.render import to_uint8
-
-    n = len(prompts)
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 1.7 * len(rows) + 0.6), squeeze=False)
-    for r, (name, imgs) in enumerate(rows.items()):
-        arr = to_uint8(imgs[:n])
-        for c in range(n):
-            ax = axes[r][c]
-            ax.imshow(arr[c].repeat(upscale, 0).repeat(upscale, 1), interpolation="nearest")
-            ax.set_xticks([]), ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(name, fontsize=8)
-            if r == 0:
-                ax.set_title(prompts[c].replace(" of ", " of\n").replace(" above ", "\nabove ").replace(" below ", "\nbelow "),
-                             fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_image_grid(prompts, rows, path, prompts_along="columns", upscale=upscale)
 
 
 def plot_curves(curves: dict[str, list[dict]], path: str | Path, metric: str = "geneval") -> None:

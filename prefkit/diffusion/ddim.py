@@ -1,5 +1,5 @@
 """DDIM sampling with classifier-free guidance, written out step by step so other methods can reuse
-the pieces (SPO branches k candidates from one x_t with `ddim_step`).
+the pieces (SPO branches k candidates from one x_t with `ddim_mean`; its per-step log-probability uses the same mean).
 
 Song et al. 2021, eq. 12, with diffusers' DDIMScheduler conventions ("leading" spacing,
 abar_prev = 1 after the last step, optional clipping of x0_hat):
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 class DDIMStep:
     prev: torch.Tensor  # x_{t-1}
     mean: torch.Tensor  # mu_theta(x_t)
-    sigma: torch.Tensor  # scalar tensor
+    sigma: torch.Tensor  # scalar tensor, or (N, 1, ..., 1) for a per-row schedule
     x0_hat: torch.Tensor
 
 
@@ -38,16 +38,44 @@ def abar_at(alphas_cumprod: torch.Tensor, t: int) -> torch.Tensor:
     return alphas_cumprod[t] if t >= 0 else torch.ones((), dtype=alphas_cumprod.dtype)
 
 
-def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor, abar_prev: torch.Tensor, *, eta: float = 0.0,
-              noise: torch.Tensor | None = None, clip_sample: bool = False, generator: torch.Generator | None = None) -> DDIMStep:
-    """One DDIM update for x_t (N, C, H, W) given the (guided) noise prediction eps (N, C, H, W)."""
-    abar_t, abar_prev = abar_t.to(x_t.dtype), abar_prev.to(x_t.dtype)
-    x0_hat = (x_t - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
+def per_row(a: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """A scalar or (N,) schedule value in `like`'s dtype and device, broadcastable against `like` (N, ...)."""
+    a = torch.as_tensor(a, dtype=like.dtype, device=like.device)
+    if a.dim() == 0:
+        return a
+    if a.dim() != 1 or a.shape[0] != like.shape[0]:
+        raise ValueError(f"schedule value of shape {tuple(a.shape)} does not match batch {like.shape[0]}")
+    return a.reshape(-1, *([1] * (like.dim() - 1)))  # (N, 1, ..., 1)
+
+
+def ddim_sigma(abar_t: torch.Tensor | float, abar_prev: torch.Tensor | float, eta: float) -> torch.Tensor:
+    """sigma_t(eta), computed in float64 (1 - abar_t / abar_prev cancels near t = 0 in float32); returned in
+    abar_t's dtype when that is a floating tensor, else float32. Scalars or (N,) tensors."""
+    a_t = torch.as_tensor(abar_t, dtype=torch.float64)
+    a_p = torch.as_tensor(abar_prev, dtype=torch.float64)
+    var = (1.0 - a_p) / (1.0 - a_t) * (1.0 - a_t / a_p)
+    dtype = abar_t.dtype if isinstance(abar_t, torch.Tensor) and abar_t.is_floating_point() else torch.float32
+    return (eta * var.clamp_min(0.0).sqrt()).to(dtype)
+
+
+def ddim_mean(x_t: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor | float, abar_prev: torch.Tensor | float,
+              eta: float, *, clip_sample: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean, sigma, x0_hat) of one DDIM step for x_t (N, C, H, W) and the (guided) noise prediction eps; the
+    schedule values are floats, scalar tensors or (N,) tensors (one per row); sigma broadcasts against x_t."""
+    sigma = per_row(ddim_sigma(abar_t, abar_prev, eta), x_t)
+    abar_t, abar_prev = per_row(abar_t, x_t), per_row(abar_prev, x_t)
+    x0_hat = (x_t - (1.0 - abar_t).sqrt() * eps) / abar_t.sqrt()  # (N, C, H, W)
     if clip_sample:
-        x0_hat = x0_hat.clamp(-1, 1)
-    var = (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)
-    sigma = eta * var.clamp(min=0).sqrt()
-    mean = abar_prev.sqrt() * x0_hat + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
+        x0_hat = x0_hat.clamp(-1.0, 1.0)
+    direction = (1.0 - abar_prev - sigma**2).clamp_min(0.0).sqrt() * eps
+    return abar_prev.sqrt() * x0_hat + direction, sigma, x0_hat
+
+
+def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor | float, abar_prev: torch.Tensor | float, *,
+              eta: float = 0.0, noise: torch.Tensor | None = None, clip_sample: bool = False,
+              generator: torch.Generator | None = None) -> DDIMStep:
+    """One DDIM update for x_t (N, C, H, W) given the (guided) noise prediction eps (N, C, H, W)."""
+    mean, sigma, x0_hat = ddim_mean(x_t, eps, abar_t, abar_prev, eta, clip_sample=clip_sample)
     if eta > 0:
         if noise is None:
             noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
@@ -57,14 +85,24 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor, abar_p
     return DDIMStep(prev, mean, sigma, x0_hat)
 
 
-def guided_eps(unet, x: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor | None, guidance: float) -> torch.Tensor:
-    """eps_u + w (eps_c - eps_u) with both halves in one UNet batch; plain eps_c when w == 1 or no uncond."""
-    tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+def guided_eps_and_forwards(unet, x: torch.Tensor, t: int | torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
+                            guidance: float) -> tuple[torch.Tensor, int]:
+    """(eps_u + w (eps_c - eps_u), per-sample UNet forwards) with both halves in one UNet batch; plain eps_c
+    (one forward per sample) when w == 1 or no uncond. `t` is one timestep or (N,), one per row."""
+    n = x.shape[0]
+    t = torch.as_tensor(t, device=x.device)
+    tt = t.expand(n) if t.dim() == 0 else t  # (N,)
     if uncond is None or guidance == 1.0:
-        return unet(x, tt, encoder_hidden_states=cond).sample
+        return unet(x, tt, encoder_hidden_states=cond).sample, n
     out = unet(torch.cat([x, x]), torch.cat([tt, tt]), encoder_hidden_states=torch.cat([uncond, cond])).sample
     e_u, e_c = out.chunk(2)
-    return e_u + guidance * (e_c - e_u)
+    return e_u + guidance * (e_c - e_u), 2 * n
+
+
+def guided_eps(unet, x: torch.Tensor, t: int | torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
+               guidance: float) -> torch.Tensor:
+    """eps_u + w (eps_c - eps_u) with both halves in one UNet batch; plain eps_c when w == 1 or no uncond."""
+    return guided_eps_and_forwards(unet, x, t, cond, uncond, guidance)[0]
 
 
 @torch.no_grad()

@@ -23,8 +23,7 @@ import torch
 from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
-from prefkit.diffusion.ddim import ddim_timesteps
-from prefkit.losses.spo import ddim_step_mean
+from prefkit.diffusion.ddim import ddim_mean, ddim_timesteps, guided_eps_and_forwards
 
 # score_fn(x0_hat (N, C, H, W), timesteps (N,), rows (N,)) -> (N,) preference logits, higher = better;
 # ``rows`` indexes the prompt batch so the caller can look up each candidate's prompt.
@@ -118,19 +117,6 @@ def ddim_schedule(scheduler, num_steps: int) -> list[tuple[int, float, float]]:
     return [(t, float(ac[t]), float(ac[tp]) if tp >= 0 else final) for t, tp in pairs]
 
 
-def guided_eps(unet, x: torch.Tensor, t: int | torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
-               guidance_scale: float) -> tuple[torch.Tensor, int]:
-    """CFG noise prediction in one batched UNet call; returns (eps (N, C, H, W), per-sample forwards)."""
-    n = x.shape[0]
-    t = torch.as_tensor(t, device=x.device)
-    t = t.expand(n) if t.dim() == 0 else t
-    if uncond is None or guidance_scale == 1.0:
-        return unet(x, t, encoder_hidden_states=cond).sample, n
-    out = unet(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample
-    e_u, e_c = out.chunk(2)
-    return e_u + guidance_scale * (e_c - e_u), 2 * n
-
-
 @torch.no_grad()
 def spo_sample(
     unet,
@@ -157,16 +143,16 @@ def spo_sample(
     uncond_k = None if uncond is None else uncond.repeat(K, 1, 1)
     rows_k = torch.arange(B, device=dev).repeat(K)  # (K*B,)
     forwards, n_compared, kept, all_scores = 0, 0, [], []
-    eps, n = guided_eps(unet, x, sched[0][0], cond, uncond, cfg.guidance_scale)  # (B, C, H, W)
+    eps, n = guided_eps_and_forwards(unet, x, sched[0][0], cond, uncond, cfg.guidance_scale)  # (B, C, H, W)
     forwards += n
     for i, (t, a_t, a_p) in enumerate(tqdm(sched, desc="spo sample", disable=not progress, leave=False)):
-        mu, sigma, _ = ddim_step_mean(x, eps, a_t, a_p, cfg.eta, clip_sample=clip)
+        mu, sigma, _ = ddim_mean(x, eps, a_t, a_p, cfg.eta, clip_sample=clip)
         last = i == len(sched) - 1
         if i < cfg.divert_start_step or float(sigma) == 0.0:
             # ordinary single chain (and deterministic steps, e.g. alpha_bar_prev = 1 at the end: no diversity)
             x = mu + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(dev)
             if not last:
-                eps, n = guided_eps(unet, x, sched[i + 1][0], cond, uncond, cfg.guidance_scale)
+                eps, n = guided_eps_and_forwards(unet, x, sched[i + 1][0], cond, uncond, cfg.guidance_scale)
                 forwards += n
             continue
         z = torch.randn((K, *x.shape), generator=generator, dtype=x.dtype).to(dev)  # (K, B, C, H, W)
@@ -175,7 +161,7 @@ def spo_sample(
             x0_c, t_score, eps_c = cands, torch.zeros(K * B, dtype=torch.long, device=dev), None
         else:
             t_next, a_n, _ = sched[i + 1]
-            eps_c, n = guided_eps(unet, cands, t_next, cond_k, uncond_k, cfg.guidance_scale)  # (K*B, C, H, W)
+            eps_c, n = guided_eps_and_forwards(unet, cands, t_next, cond_k, uncond_k, cfg.guidance_scale)  # (K*B, C, H, W)
             forwards += n
             x0_c = (cands - (1.0 - a_n) ** 0.5 * eps_c) / a_n**0.5
             if clip:

@@ -11,10 +11,8 @@ Every rate carries a 95% Wilson interval. Writes results.json, tables.md and rec
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
@@ -23,6 +21,7 @@ from typing import Sequence
 
 from prefkit.data.errors import DataError
 from prefkit.eval.math_eval import wilson_interval
+from prefkit.safety.command import model_config_command
 from prefkit.safety.judges import SafetyJudge, Verdict
 from prefkit.safety.refusal import RefusalDetector
 from prefkit.safety.split import SafetySplit
@@ -286,28 +285,14 @@ def run_eval(cfg: SafetyEvalConfig, *, sampler=None, split: SafetySplit | None =
 
 
 def cli_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="prefkit eval safety", description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True, help="a Hugging Face causal LM folder")
-    ap.add_argument("--config", default=None, help="YAML with SafetyEvalConfig fields (e.g. configs/safety_eval.yaml)")
-    ap.add_argument("--out", default=None, help="output folder (overrides out_dir)")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.seed=1 judge=llama-guard:/models/lg3")
-    args = ap.parse_args(argv)
-    from prefkit.config import ConfigError, load_config
-    try:
-        cfg = load_config(SafetyEvalConfig, args.config, args.overrides)
-        cfg = replace(cfg, model=args.model, out_dir=args.out or cfg.out_dir)
-    except ConfigError as e:
-        print(f"prefkit eval safety: config error: {e}", file=sys.stderr)
-        return 2
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
-    try:
-        result = run_eval(cfg)
-    except DataError as e:
-        print(f"prefkit eval safety: data error: {e}", file=sys.stderr)
-        return 2
+    return model_config_command(argv, prog="prefkit eval safety", description=__doc__.split("\n")[0],
+                                config_cls=SafetyEvalConfig, config_example="configs/safety_eval.yaml",
+                                model_help="a Hugging Face causal LM folder",
+                                overrides_example="data.seed=1 judge=llama-guard:/models/lg3", body=_eval_and_report)
+
+
+def _eval_and_report(cfg: SafetyEvalConfig) -> int:
+    result = run_eval(cfg)
     out = save_result(result, cfg.out_dir, f"Safety evaluation of {cfg.model}")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     print((out / "tables.md").read_text())

@@ -26,28 +26,20 @@ import math
 import torch
 import torch.nn.functional as F
 
+from prefkit.diffusion import ddim  # torch and tqdm only
+
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-def _as_image_shaped(a: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    """A scalar or (B,) schedule value broadcast against a (B, ...) image tensor."""
-    a = torch.as_tensor(a, dtype=like.dtype, device=like.device)
-    if a.dim() == 0:
-        return a
-    if a.dim() != 1 or a.shape[0] != like.shape[0]:
-        raise ValueError(f"schedule value of shape {tuple(a.shape)} does not match batch {like.shape[0]}")
-    return a.reshape(-1, *([1] * (like.dim() - 1)))  # (B, 1, ..., 1)
+def _check_eta(eta: float) -> None:
+    if not 0.0 < eta <= 1.0:
+        raise ValueError(f"ddim_sigma: eta must be in (0, 1] for a stochastic DDIM step, got {eta}")
 
 
 def ddim_sigma(alpha_bar_t: torch.Tensor | float, alpha_bar_prev: torch.Tensor | float, eta: float) -> torch.Tensor:
     """sigma_t(eta) of DDIM eq. 16; equals eta * sqrt(DDIMScheduler._get_variance(t, t_prev))."""
-    if not 0.0 < eta <= 1.0:
-        raise ValueError(f"ddim_sigma: eta must be in (0, 1] for a stochastic DDIM step, got {eta}")
-    abar_t = torch.as_tensor(alpha_bar_t, dtype=torch.float64)
-    abar_p = torch.as_tensor(alpha_bar_prev, dtype=torch.float64)
-    var = (1.0 - abar_p) / (1.0 - abar_t) * (1.0 - abar_t / abar_p)
-    dtype = alpha_bar_t.dtype if isinstance(alpha_bar_t, torch.Tensor) and alpha_bar_t.is_floating_point() else torch.float32
-    return (eta * var.clamp_min(0.0).sqrt()).to(dtype)
+    _check_eta(eta)
+    return ddim.ddim_sigma(alpha_bar_t, alpha_bar_prev, eta)
 
 
 def ddim_step_mean(
@@ -59,19 +51,13 @@ def ddim_step_mean(
     *,
     clip_sample: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mu_theta, sigma_t, x0_hat) of one DDIM step; mu and x0_hat are (B, ...), sigma broadcastable.
+    """(mu_theta, sigma_t, x0_hat) of one DDIM step (prefkit.diffusion.ddim.ddim_mean, with eta > 0); mu and
+    x0_hat are (B, ...), sigma broadcastable.
 
     ``clip_sample`` clamps x0_hat to [-1, 1] first, as DDIMScheduler(clip_sample=True) does in pixel space.
     """
-    sigma = _as_image_shaped(ddim_sigma(alpha_bar_t, alpha_bar_prev, eta), x_t)
-    abar_t = _as_image_shaped(alpha_bar_t, x_t)
-    abar_p = _as_image_shaped(alpha_bar_prev, x_t)
-    x0_hat = (x_t - (1.0 - abar_t).sqrt() * eps_hat) / abar_t.sqrt()  # (B, C, H, W)
-    if clip_sample:
-        x0_hat = x0_hat.clamp(-1.0, 1.0)
-    direction = (1.0 - abar_p - sigma**2).clamp_min(0.0).sqrt() * eps_hat
-    mu = abar_p.sqrt() * x0_hat + direction  # (B, C, H, W)
-    return mu, sigma, x0_hat
+    _check_eta(eta)
+    return ddim.ddim_mean(x_t, eps_hat, alpha_bar_t, alpha_bar_prev, eta, clip_sample=clip_sample)
 
 
 def ddim_step_logprob(

@@ -24,23 +24,26 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 from prefkit.data.curriculum import ORDERINGS, PAIRINGS, STAGE_MODES, describe_stages, pairs_from_lists, split_stages
 from prefkit.data.errors import LoadReport
 from prefkit.data.examples import Pair
 from prefkit.data.ranked import load_curry_dpo_pairs
 from prefkit.data.tokenize import TokenizeSettings
+from prefkit.methods.lm_recipe import LMMethodConfig, LMRunConfig
 from prefkit.methods.ranked_dpo import RankedDataConfig, load_ranked_lists
-from prefkit.models.loading import ModelConfig, is_peft, load_causal_lm, load_tokenizer
+from prefkit.models.loading import is_peft, load_causal_lm, load_tokenizer
 from prefkit.train import checkpoint as ckpt_io
 from prefkit.train.config import TrainConfig
 from prefkit.train.loop import TrainResult
 
 
 @dataclass
-class CurryMethodConfig:
+class CurryMethodConfig(LMMethodConfig):  # + beta, reference, backend, ... (lm_recipe.py)
+    NAMES: ClassVar[tuple[str, ...]] = ("curry_dpo",)
+
     name: str = "curry_dpo"
-    beta: float = 0.1
     loss_kind: str = "sigmoid"  # sigmoid | ipo | hinge
     label_smoothing: float = 0.0
     pairing: str = "best_vs_rest"  # best_vs_rest (N-1 pairs, chosen = R1) | all_pairs (C(N,2)) | best_vs_worst
@@ -48,31 +51,22 @@ class CurryMethodConfig:
     n_stages: int = 3
     stage_mode: str = "per_list"  # per_list (every prompt in every stage) | global (sort all pairs by gap)
     refresh_reference: bool = True  # reference of stage i+1 = policy at the end of stage i
-    reference: str = "copy"  # copy | adapter (LoRA) | precomputed
-    backend: str = "prefix"  # prefix | naive
-    reference_cache_dir: str = "runs/cache/reference"
 
     def __post_init__(self):
-        if self.name != "curry_dpo":
-            raise ValueError(f"method.name: {self.name!r} is not handled by prefkit.methods.curry_dpo")
+        super().__post_init__()
         checks = (("loss_kind", ("sigmoid", "ipo", "hinge")), ("pairing", PAIRINGS), ("ordering", ORDERINGS),
-                  ("stage_mode", STAGE_MODES), ("reference", ("copy", "adapter", "precomputed")),
-                  ("backend", ("prefix", "naive")))
+                  ("stage_mode", STAGE_MODES))
         for key, allowed in checks:
             if getattr(self, key) not in allowed:
                 raise ValueError(f"method.{key}: {getattr(self, key)!r} is not one of {allowed}")
         if self.n_stages < 1:
             raise ValueError(f"method.n_stages: must be >= 1, got {self.n_stages}")
-        if self.beta <= 0:
-            raise ValueError(f"method.beta: must be > 0, got {self.beta}")
 
 
 @dataclass
-class CurryRunConfig:
-    model: ModelConfig
+class CurryRunConfig(LMRunConfig):
     data: RankedDataConfig  # format: ranked | ultrafeedback | curry_dpo (the public easy/medium/hard pairs)
     method: CurryMethodConfig = field(default_factory=CurryMethodConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
         if self.data.format == "curry_dpo":
@@ -149,11 +143,11 @@ def train_curriculum(
     on_stage_end: StageHook | None = None,
 ) -> CurriculumResult:
     """Train `policy` in place through the stages; stage i's output goes to `train.output_dir/stage-i`."""
-    from prefkit.methods.dpo import GroupCollator, tokenize_all
     from prefkit.methods.lm_module import LMPreferenceModule
+    from prefkit.methods.lm_recipe import GroupCollator, build_reference, tokenize_all
     from prefkit.methods.objectives import PairwiseDPO
     from prefkit.train.loop import Trainer
-    from prefkit.train.reference import make_reference, precompute_reference
+    from prefkit.train.reference import precompute_reference
 
     if not stages:
         raise ValueError("train_curriculum: no stages")
@@ -174,13 +168,10 @@ def train_curriculum(
     steps = _steps_per_stage(train, len(stages))
     refresh = method.refresh_reference
     cache = method.reference_cache_dir
-    if method.reference == "precomputed":
-        first = stage_groups[0] if refresh else [g for gs in stage_groups for g in gs]
-        reference = precompute_reference(policy, first, pad_id, cache, backend=method.backend)
-    else:
-        reference = make_reference(method.reference, policy)
+    first = stage_groups[0] if refresh else [g for gs in stage_groups for g in gs]  # what a precomputed one covers
+    reference = build_reference(method.reference, policy, first, pad_id, cache, method.backend)
     objective = PairwiseDPO(method.beta, method.loss_kind, method.label_smoothing)
-    collator = GroupCollator(pad_id, method.backend)
+    collator = GroupCollator(pad_id, method.backend, method.pad_to_multiple_of)
     out = Path(train.output_dir)
     reports: list[StageReport] = []
     history: list[dict] = []

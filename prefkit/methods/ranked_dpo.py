@@ -10,50 +10,37 @@ to language models); `method.weighting: uniform` gives the mean pairwise DPO los
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
 from prefkit.data.errors import LoadReport
 from prefkit.data.examples import RankedList
 from prefkit.data.ranked import TIE_POLICIES, ULTRAFEEDBACK_SCORES, load_curry_dpo_ranked, load_ranked, load_ultrafeedback
-from prefkit.data.tokenize import TokenizeSettings
 from prefkit.losses.listwise import pair_mask
 from prefkit.losses.ranked import ranked_dpo_loss
-from prefkit.models.loading import ModelConfig, load_causal_lm, load_tokenizer
-from prefkit.train.config import TrainConfig
-from prefkit.train.loop import Trainer, TrainResult
+from prefkit.methods.lm_recipe import LMDataConfig, LMMethodConfig, LMRunConfig, build_lm_module, tokenize_all, train_lm
+from prefkit.models.loading import load_tokenizer
+from prefkit.train.loop import TrainResult
 
 RANKED_FORMATS = ("ranked", "ultrafeedback", "curry_dpo")
 
 
 @dataclass
-class RankedDataConfig:
-    train_file: str = ""
-    split: str = "train"
+class RankedDataConfig(LMDataConfig):  # + the fields every text recipe has (lm_recipe.py)
+    FORMATS: ClassVar[tuple[str, ...]] = RANKED_FORMATS
+
     format: str = "ranked"  # ranked | ultrafeedback | curry_dpo
     score: str = "overall_score"  # ultrafeedback only: overall_score | fine-grained_score | an aspect
     ties: str = "error"  # error: a list with two equal scores is a bad row | allow: tied pairs are ignored
-    skip_invalid: bool = False
-    max_length: int = 1024
-    max_prompt_length: int | None = None
-    prompt_template: str = "{prompt}"
-    limit: int | None = None
 
     def __post_init__(self):
-        if not self.train_file:
-            raise ValueError("data.train_file: required (a jsonl/json/parquet file, a folder, or a datasets name)")
-        if self.format not in RANKED_FORMATS:
-            raise ValueError(f"data.format: {self.format!r} is not one of {RANKED_FORMATS}")
+        super().__post_init__()
         if self.score not in ULTRAFEEDBACK_SCORES:
             raise ValueError(f"data.score: {self.score!r} is not one of {ULTRAFEEDBACK_SCORES}")
         if self.ties not in TIE_POLICIES:
             raise ValueError(f"data.ties: {self.ties!r} is not one of {TIE_POLICIES}")
-        if "{prompt}" not in self.prompt_template:
-            raise ValueError("data.prompt_template: must contain {prompt}")
-
-    def settings(self) -> TokenizeSettings:
-        return TokenizeSettings(self.max_length, self.max_prompt_length, self.prompt_template)
 
 
 def load_ranked_lists(cfg: RankedDataConfig) -> tuple[list[RankedList], LoadReport]:
@@ -101,48 +88,30 @@ def listwise_metrics(rewards: torch.Tensor, labels: torch.Tensor, mask: torch.Te
 
 
 @dataclass
-class RankedMethodConfig:
+class RankedMethodConfig(LMMethodConfig):  # + beta, reference, backend, ... (lm_recipe.py)
+    NAMES: ClassVar[tuple[str, ...]] = ("ranked_dpo",)
+
     name: str = "ranked_dpo"
-    beta: float = 0.1
     weighting: str = "lambda"  # lambda (LiPO-lambda / RankDPO weights) | uniform (mean pairwise DPO)
-    reference: str = "copy"  # copy | adapter | precomputed
-    backend: str = "prefix"  # prefix | naive
-    reference_cache_dir: str = "runs/cache/reference"
 
     def __post_init__(self):
-        if self.name != "ranked_dpo":
-            raise ValueError(f"method.name: {self.name!r} is not handled by prefkit.methods.ranked_dpo")
+        super().__post_init__()
         if self.weighting not in ("lambda", "uniform"):
             raise ValueError(f"method.weighting: {self.weighting!r} is not lambda or uniform")
-        if self.reference not in ("copy", "adapter", "precomputed"):
-            raise ValueError(f"method.reference: {self.reference!r} is not copy, adapter or precomputed")
-        if self.backend not in ("prefix", "naive"):
-            raise ValueError(f"method.backend: {self.backend!r} is not prefix or naive")
-        if self.beta <= 0:
-            raise ValueError(f"method.beta: must be > 0, got {self.beta}")
 
 
 @dataclass
-class RankedRunConfig:
-    model: ModelConfig
+class RankedRunConfig(LMRunConfig):
     data: RankedDataConfig
     method: RankedMethodConfig = field(default_factory=RankedMethodConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def build_module(policy, tokenizer, groups, method: RankedMethodConfig):
     """Policy + reference + listwise objective as one trainable module."""
-    from prefkit.methods.dpo import build_reference
-    from prefkit.methods.lm_module import LMPreferenceModule
-
-    reference = build_reference(method.reference, policy, groups, tokenizer.pad_token_id,
-                                method.reference_cache_dir, method.backend)
-    return LMPreferenceModule(policy, reference, ListwiseDPO(method.beta, method.weighting), tokenizer)
+    return build_lm_module(policy, tokenizer, groups, method, ListwiseDPO(method.beta, method.weighting))
 
 
 def run(cfg: RankedRunConfig, *, resume: bool = False, log=print) -> TrainResult:
-    from prefkit.methods.dpo import GroupCollator, tokenize_all
-
     tokenizer = load_tokenizer(cfg.model)
     lists, report = load_ranked_lists(cfg.data)
     groups = tokenize_all(lists, tokenizer, cfg.data.settings(), report, cfg.data.skip_invalid)
@@ -150,8 +119,5 @@ def run(cfg: RankedRunConfig, *, resume: bool = False, log=print) -> TrainResult
     ks = [len(g.completion_ids) for g in groups]
     if ks:
         log(f"{len(groups)} ranked lists, K from {min(ks)} to {max(ks)}")
-    policy = load_causal_lm(cfg.model)
-    module = build_module(policy, tokenizer, groups, cfg.method)
-    trainer = Trainer(cfg.train, module, groups, GroupCollator(tokenizer.pad_token_id, cfg.method.backend),
-                      run_config=asdict(cfg) | {"data_report": report.summary()}, log=log)
-    return trainer.train(resume=resume)
+    objective = ListwiseDPO(cfg.method.beta, cfg.method.weighting)
+    return train_lm(cfg, tokenizer, groups, report, objective, resume=resume, log=log)

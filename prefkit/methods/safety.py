@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from prefkit.data.loaders import load_preferences
-from prefkit.data.tokenize import TokenizeSettings
 from prefkit.losses.rpo import dpo_nll_loss
 from prefkit.methods import dpo
 from prefkit.methods.lm_module import LMPreferenceModule
-from prefkit.models.loading import ModelConfig, load_causal_lm, load_tokenizer
+from prefkit.methods.lm_recipe import train_lm
+from prefkit.models.loading import ModelConfig, load_tokenizer
 from prefkit.models.logprobs import completion_logps
 from prefkit.pipelines.safety_pairs import SafetyPairsConfig, build_safety_pairs
 from prefkit.train.config import TrainConfig
-from prefkit.train.loop import Trainer, TrainResult
+from prefkit.train.loop import TrainResult
 
 
 @dataclass
@@ -103,17 +103,11 @@ def train_dpo_nll(cfg: dpo.DPORunConfig, alpha: float, *, resume: bool = False, 
     """prefkit.methods.dpo.run with the DPO + chosen-NLL objective (same loading, tokenizing, reference, loop)."""
     tokenizer = load_tokenizer(cfg.model)
     examples, report = load_preferences(cfg.data.train_file, format="pairs", skip_invalid=cfg.data.skip_invalid)
-    settings = TokenizeSettings(cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.prompt_template)
-    groups = dpo.tokenize_all(examples, tokenizer, settings, report, cfg.data.skip_invalid)
+    groups = dpo.tokenize_all(examples, tokenizer, cfg.data.settings(), report, cfg.data.skip_invalid)
     log(report.summary())
-    policy = load_causal_lm(cfg.model)
-    reference = dpo.build_reference(cfg.method.reference, policy, groups, tokenizer.pad_token_id,
-                                    cfg.method.reference_cache_dir, cfg.method.backend)
     objective = DPOWithChosenNLL(cfg.method.beta, alpha, cfg.method.loss_kind, cfg.method.label_smoothing)
-    module = ChosenNLLModule(policy, reference, objective, tokenizer)
-    trainer = Trainer(cfg.train, module, groups, dpo.GroupCollator(tokenizer.pad_token_id, cfg.method.backend),
-                      run_config=asdict(cfg) | {"nll_alpha": alpha, "data_report": report.summary()}, log=log)
-    return trainer.train(resume=resume)
+    return train_lm(cfg, tokenizer, groups, report, objective, module_cls=ChosenNLLModule,
+                    run_info={"nll_alpha": alpha}, resume=resume, log=log)
 
 
 def run(cfg: SafetyRunConfig, *, resume: bool = False, log=print, sampler=None) -> TrainResult:

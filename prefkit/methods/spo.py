@@ -7,7 +7,7 @@ Each round (1) samples a batch of prompts with the multi-sample DDIM sampler of 
 preference model, best/worst kept as a pair when their softmax gap clears the threshold, the chain
 continued from a random candidate; then (2) trains on the kept tuples (x_t, x_{t-1}^w, x_{t-1}^l, t, c)
 with the per-step loss of prefkit.losses.spo on the one Trainer loop. The policy (full UNet or LoRA),
-the AdamW state and the LR schedule persist across rounds (`RoundTrainer`).
+the AdamW state, the LR schedule and the step count persist across rounds (`Trainer.train_more`).
 
 The reference is the UNet with its LoRA adapters disabled, or a frozen copy for full fine-tuning.
 Compute is counted in per-sample UNet forward passes (classifier-free guidance counts 2), split into
@@ -24,14 +24,15 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from prefkit.diffusion.lora import adapters_disabled, has_lora, save_lora
 from prefkit.diffusion.run_config import DiffusionModelConfig
-from prefkit.diffusion.spo_sampler import SPOSamplerConfig, StepPairs, guided_eps, spo_sample
+from prefkit.diffusion.ddim import guided_eps_and_forwards
+from prefkit.diffusion.spo_sampler import SPOSamplerConfig, StepPairs, spo_sample
 from prefkit.losses.spo import ddim_step_logprob, spo_step_loss
 from prefkit.train.config import TrainConfig
-from prefkit.train.loop import EpochPermutationSampler, Trainer
+from prefkit.train.loop import Trainer
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -115,8 +116,8 @@ class SPOModule(torch.nn.Module):
 
     def _eps(self, unet, batch: dict) -> tuple[torch.Tensor, int]:
         uncond = batch["uncond"] if self.train_cfg else None
-        return guided_eps(unet, batch["x_t"], batch["timesteps"], batch["cond"], uncond,
-                          self.guidance_scale if self.train_cfg else 1.0)
+        return guided_eps_and_forwards(unet, batch["x_t"], batch["timesteps"], batch["cond"], uncond,
+                                       self.guidance_scale if self.train_cfg else 1.0)
 
     def forward(self, batch: dict):
         x_t, a_t, a_p = batch["x_t"], batch["alpha_bar_t"], batch["alpha_bar_prev"]
@@ -172,34 +173,16 @@ def collate_tuples(items: list[dict]) -> dict:
 
 
 class RoundTrainer(Trainer):
-    """The one Trainer, fed a fresh dataset each round; module, AdamW moments and LR schedule persist.
-    Rounds are not resumable units, so no per-round checkpoint is written (the recipe saves the model)."""
+    """Kept for callers of `run_round` (experiments/spo.py); new code calls `Trainer.train_more` directly.
+    Rounds are not resumable units: no checkpoint is written, and a new run replaces an earlier one's metrics."""
+
+    def __init__(self, cfg: TrainConfig, *args, **kwargs):
+        super().__init__(replace(cfg, overwrite=True), *args, **kwargs)
 
     def run_round(self, dataset, round_idx: int, num_epochs: int | None = None, max_steps: int | None = None):
-        """Train on `dataset` for `num_epochs` passes or `max_steps` optimizer steps (default: the config's);
-        the data order is seeded by (seed + round_idx); metrics go to OUTPUT/rounds/round-NNNN/."""
-        base = self.__dict__.setdefault("_base_cfg", self.cfg)
-        self.dataset = dataset
-        self.cfg = replace(base, output_dir=str(Path(base.output_dir) / "rounds" / f"round-{round_idx:04d}"),
-                           seed=base.seed + round_idx, overwrite=True, num_epochs=num_epochs or base.num_epochs,
-                           max_steps=max_steps or base.max_steps)
-        self.out = Path(self.cfg.output_dir)
-        return self.train()
-
-    def _setup(self):
-        if not hasattr(self, "optimizer"):
-            return super()._setup()
-        cfg = self.cfg
-        self.sampler = EpochPermutationSampler(len(self.dataset), cfg.seed)
-        dl = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.sampler, collate_fn=self.collate_fn)
-        self.dl = self.accelerator.prepare(dl)
-        self.micro_per_epoch = len(self.dl)
-        self.steps_per_epoch = max(1, -(-self.micro_per_epoch // cfg.grad_accum_steps))
-        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else self.steps_per_epoch * cfg.num_epochs
-        self.num_epochs = -(-self.total_steps // self.steps_per_epoch)
-
-    def _save(self, step: int, epoch: int, micro_done: int):
-        return None
+        """Train on `dataset` for `num_epochs` passes or `max_steps` optimizer steps (default: the config's),
+        the data order seeded by (seed + round_idx)."""
+        return self.train_more(dataset, max_steps, num_epochs=num_epochs, seed=self.cfg.seed + round_idx, save=False)
 
 
 # ------------------------------------------------------------------------------------------- the loop
@@ -229,7 +212,7 @@ class SPOOutcome:
     module: SPOModule
     ledger: Ledger
     history: list[dict]
-    trainer: RoundTrainer
+    trainer: Trainer
 
 
 def train_spo(backend, reference_unet, score_fn_for: Callable, next_prompts: Callable[[int], list[str]],
@@ -247,7 +230,9 @@ def train_spo(backend, reference_unet, score_fn_for: Callable, next_prompts: Cal
     clip = bool(backend.scheduler.config.get("clip_sample", False)) if clip is None else clip
     module = SPOModule(unet, reference, eta=m.sampler.eta, guidance_scale=m.sampler.guidance_scale, beta=m.beta,
                        clip_eps=m.clip_eps, train_cfg=m.train_cfg, clip_sample=clip)
-    trainer = RoundTrainer(cfg.train, module, None, collate_tuples, run_config=None, log=log)
+    # rounds are not resumable units: no checkpoints (run() saves the model), and a new run replaces an earlier one's
+    # metrics; OUTPUT/metrics.jsonl counts optimizer steps over all rounds
+    trainer = Trainer(replace(cfg.train, overwrite=True), module, None, collate_tuples, run_config=None, log=log)
     ledger, history = Ledger(), []
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     uncond1 = backend.encode_text([""])  # (1, L, D)
@@ -269,7 +254,7 @@ def train_spo(backend, reference_unet, score_fn_for: Callable, next_prompts: Cal
         rec = {"round": r, "pairs": len(out.pairs), "keep_rate": len(out.pairs) / max(1, out.n_compared)}
         if len(out.pairs):
             before = (module.policy_forwards, module.reference_forwards)
-            res = trainer.run_round(TupleDataset(out.pairs, cond, uncond1), r)
+            res = trainer.train_more(TupleDataset(out.pairs, cond, uncond1), seed=cfg.train.seed + r, save=False)
             ledger.policy_forwards += module.policy_forwards - before[0]
             ledger.reference_forwards += module.reference_forwards - before[1]
             if res.history:
@@ -303,7 +288,7 @@ def guided_x0_fn(backend, guidance_scale: float, clip_sample: bool):
     @torch.no_grad()
     def denoise(x_t, t, batch):
         cond = batch["text"]
-        eps, n = guided_eps(backend.unet, x_t, t, cond, uncond1.expand_as(cond), guidance_scale)
+        eps, n = guided_eps_and_forwards(backend.unet, x_t, t, cond, uncond1.expand_as(cond), guidance_scale)
         a = backend.scheduler.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1)
         x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
         return (x0.clamp(-1, 1) if clip_sample else x0), n  # n: CFG counts 2 per item

@@ -12,18 +12,24 @@ summary.json (counts), split.json and test.jsonl (for `eval safety`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
-import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from prefkit.data.errors import DataError, LoadReport, RowHandler
+from prefkit.data.errors import DataError, LoadReport
+from prefkit.safety.command import model_config_command
 from prefkit.safety.schema import SafetyExample
-from prefkit.safety.task import EMBEDDED_PROMPT_TEMPLATE, SafetyDataConfig, make_split, save_split, split_summary
+from prefkit.safety.task import (
+    EMBEDDED_PROMPT_TEMPLATE,
+    SafetyDataConfig,
+    make_split,
+    read_jsonl_objects,
+    save_split,
+    split_summary,
+)
 
 EMBEDDED_REFUSAL = "sorry, i can not help with that."
 
@@ -56,33 +62,16 @@ class SafetyPairsConfig:
 
 def load_safe_responses(path: str, skip_invalid: bool = False) -> tuple[dict[str, str], LoadReport]:
     """jsonl of safe reference responses: each row has `response` and a key, `uuid` or `prompt`."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError(path, None, None, "file not found")
-    report = LoadReport(path)
-    handler = RowHandler(report, skip_invalid)
-    out: dict[str, str] = {}
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        report.rows_read += 1
-        try:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, i, None, f"not valid JSON: {e.msg}") from None
-            if not isinstance(row, dict):
-                raise DataError(path, i, None, f"expected an object, got {type(row).__name__}")
-            key = row.get("uuid", row.get("prompt"))
-            if not isinstance(key, str) or not key:
-                raise DataError(path, i, "uuid", "missing: each row needs `uuid` or `prompt`")
-            if not isinstance(row.get("response"), str) or not row["response"].strip():
-                raise DataError(path, i, "response", "missing or empty")
-            out[key] = row["response"]
-            report.rows_kept += 1
-        except DataError as e:
-            handler.bad(e)
-    return out, report
+    def parse(row: dict, i: int) -> tuple[str, str]:
+        key = row.get("uuid", row.get("prompt"))
+        if not isinstance(key, str) or not key:
+            raise DataError(path, i, "uuid", "missing: each row needs `uuid` or `prompt`")
+        if not isinstance(row.get("response"), str) or not row["response"].strip():
+            raise DataError(path, i, "response", "missing or empty")
+        return key, row["response"]
+
+    rows, report = read_jsonl_objects(path, parse, skip_invalid)
+    return dict(rows), report
 
 
 class ChosenSource:
@@ -172,28 +161,14 @@ def build_safety_pairs(cfg: SafetyPairsConfig, *, sampler=None, judge=None) -> d
 
 
 def cli_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="prefkit build safety-pairs", description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True, help="the target model (a Hugging Face causal LM folder)")
-    ap.add_argument("--config", default=None, help="YAML with SafetyPairsConfig fields (e.g. configs/safety_pairs.yaml)")
-    ap.add_argument("--out", default=None, help="output folder (overrides out_dir)")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.seed=1 max_pairs=500")
-    args = ap.parse_args(argv)
-    from prefkit.config import ConfigError, load_config
-    try:
-        cfg = load_config(SafetyPairsConfig, args.config, args.overrides)
-        cfg = replace(cfg, model=args.model, out_dir=args.out or cfg.out_dir)
-    except ConfigError as e:
-        print(f"prefkit build safety-pairs: config error: {e}", file=sys.stderr)
-        return 2
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
-    try:
-        s = build_safety_pairs(cfg)
-    except DataError as e:
-        print(f"prefkit build safety-pairs: data error: {e}", file=sys.stderr)
-        return 2
+    return model_config_command(argv, prog="prefkit build safety-pairs", description=__doc__.split("\n")[0],
+                                config_cls=SafetyPairsConfig, config_example="configs/safety_pairs.yaml",
+                                model_help="the target model (a Hugging Face causal LM folder)",
+                                overrides_example="data.seed=1 max_pairs=500", body=_build_and_report)
+
+
+def _build_and_report(cfg: SafetyPairsConfig) -> int:
+    s = build_safety_pairs(cfg)
     print(f"{s['train_prompts']} attacked training prompts: {s['judged_unsafe']} unsafe answers, "
           f"{s['judged_safe']} safe, {s['unparseable']} unparseable verdicts, {s['no_safe_chosen']} without a safe "
           f"chosen; {s['pairs']} pairs -> {cfg.out_dir}/pairs.jsonl ({s['seconds']}s)")

@@ -2,6 +2,13 @@
 
     result = Trainer(cfg, module, train_dataset, collate_fn).train(resume=False)
 
+or, for methods that make fresh data as they go (SPO samples new pairs from the current policy each round),
+one run fed several datasets in turn, keeping model, AdamW state, LR schedule, step count and metrics:
+
+    trainer = Trainer(cfg, module, None, collate_fn)
+    for data in rounds:
+        trainer.train_more(data, steps=None)  # cfg.max_steps steps, or cfg.num_epochs passes over `data`
+
 `module.forward(batch) -> (loss, {name: detached tensor})`; `module.save_pretrained(path)` writes the
 user-facing model (HF format). Everything method-specific lives in the module; this file knows only about
 optimisation: gradient accumulation, mixed precision, clipping, AdamW, warmup + schedule, seeded data
@@ -102,15 +109,46 @@ class Trainer:
         self.run_config, self.log = run_config, log
         self.accelerator = accelerator or make_accelerator(cfg)
         self.out = Path(cfg.output_dir)
+        self.global_step = 0  # optimizer steps taken so far, over train() and every train_more() call
+        self.optimizer = None  # built by the first train() / train_more()
+        self.tb = None
+        self._more_calls = 0
 
     # ------------------------------------------------------------------ setup
-    def _setup(self):
+    def _start(self, resume: bool) -> None:
+        """Output folder checks and the run's config files."""
         cfg, acc = self.cfg, self.accelerator
-        set_seed(cfg.seed)
-        if len(self.dataset) == 0:
+        if acc.is_main_process:
+            check_output_dir(self.out, cfg.overwrite, resume)
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self.run_config is not None:
+                (self.out / "run_config.json").write_text(json.dumps(self.run_config, indent=1, default=str))
+            (self.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        acc.wait_for_everyone()
+
+    def _data_loader(self, dataset, seed: int) -> DataLoader:
+        if len(dataset) == 0:
             raise ValueError("the training set is empty")
-        self.sampler = EpochPermutationSampler(len(self.dataset), cfg.seed)
-        dl = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.sampler, collate_fn=self.collate_fn)
+        self.sampler = EpochPermutationSampler(len(dataset), seed)
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=self.sampler, collate_fn=self.collate_fn)
+
+    def _count_steps(self, steps: int | None = None, num_epochs: int | None = None) -> int:
+        """Sets the per-epoch sizes of the current loader; returns the optimizer steps to take on it:
+        `steps`, else cfg.max_steps when > 0, else `num_epochs` (default cfg.num_epochs) passes."""
+        cfg = self.cfg
+        self.micro_per_epoch = len(self.dl)
+        self.steps_per_epoch = max(1, math.ceil(self.micro_per_epoch / cfg.grad_accum_steps))
+        if steps is not None:
+            return steps
+        return cfg.max_steps if cfg.max_steps > 0 else self.steps_per_epoch * (num_epochs or cfg.num_epochs)
+
+    def _setup(self, seed: int | None = None, steps: int | None = None, num_epochs: int | None = None):
+        """Seeds, the optimizer and the data loader of self.dataset, prepared; the LR schedule is laid out over
+        this first stretch of training (`_count_steps`)."""
+        cfg, acc = self.cfg, self.accelerator
+        seed = cfg.seed if seed is None else seed
+        set_seed(seed)
+        dl = self._data_loader(self.dataset, seed)
         params = [p for p in self.module.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the module has no trainable parameters")
@@ -124,12 +162,14 @@ class Trainer:
         if self.eval_dataset is not None and len(self.eval_dataset):
             self.eval_dl = acc.prepare_data_loader(
                 DataLoader(self.eval_dataset, batch_size=cfg.batch_size, shuffle=False, collate_fn=self.collate_fn))
-        self.micro_per_epoch = len(self.dl)
-        self.steps_per_epoch = max(1, math.ceil(self.micro_per_epoch / cfg.grad_accum_steps))
-        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else self.steps_per_epoch * cfg.num_epochs
+        self.total_steps = self._count_steps(steps, num_epochs)
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.scheduler = _schedule(cfg.lr_scheduler, self.optimizer, int(cfg.warmup_ratio * self.total_steps), self.total_steps)
         acc.register_for_checkpointing(self.scheduler)
+        if cfg.tensorboard and acc.is_main_process and self.tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.out / "tensorboard"))
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, step: int, epoch: int, micro_done: int) -> Path:
@@ -206,27 +246,60 @@ class Trainer:
 
     # ------------------------------------------------------------------ train
     def train(self, resume: bool = False) -> TrainResult:
-        cfg, acc = self.cfg, self.accelerator
-        if acc.is_main_process:
-            check_output_dir(self.out, cfg.overwrite, resume)
-            self.out.mkdir(parents=True, exist_ok=True)
-            if self.run_config is not None:
-                (self.out / "run_config.json").write_text(json.dumps(self.run_config, indent=1, default=str))
-            (self.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
-        acc.wait_for_everyone()
+        self._start(resume)
         self._setup()
-        self.tb = None
-        if cfg.tensorboard and acc.is_main_process:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(self.out / "tensorboard"))
         step, epoch, skip = self._restore() if resume else (0, 0, 0)
+        history, last_ckpt = self._run(step, self.total_steps, epoch, skip)
+        self._publish(last_ckpt)
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+        self.accelerator.wait_for_everyone()
+        return TrainResult(self.global_step, str(self.out), history, str(last_ckpt) if last_ckpt else None)
+
+    def train_more(self, dataset, steps: int | None = None, *, num_epochs: int | None = None, seed: int | None = None,
+                   save: bool = True) -> TrainResult:
+        """Continue this run on `dataset` for `steps` more optimizer steps (default: cfg.max_steps when > 0, else
+        `num_epochs`, default cfg.num_epochs, passes over `dataset`).
+
+        The first call starts the run as train() does (output-folder check, config files, optimizer, and the LR
+        schedule laid out over this first call's steps; later calls continue it, so a 'constant' schedule stays
+        at its peak after the warmup). Later calls keep the model, the AdamW state, the scheduler, the step
+        count (`global_step`; metrics.jsonl and logging/saving intervals count on) and the metrics writers; only
+        the data changes. `seed` sets this call's data order (default cfg.seed + the number of earlier calls;
+        the first call also seeds the RNGs with it). Checkpoints follow cfg.save_steps plus one at the end of
+        the call, and OUTPUT/model is refreshed from it; `save=False` writes none (the caller saves the model).
+        Such checkpoints hold model and optimizer state; `train(resume=True)` resumes runs made by train().
+        """
+        if steps is not None and steps < 1:
+            raise ValueError(f"train_more: steps must be >= 1, got {steps}")
+        seed = self.cfg.seed + self._more_calls if seed is None else seed
+        self._more_calls += 1
+        self.dataset = dataset
+        if self.optimizer is None:
+            self._start(resume=False)
+            self._setup(seed, steps, num_epochs)
+            end = self.total_steps
+        else:
+            self.dl = self.accelerator.prepare(self._data_loader(dataset, seed))
+            end = self.global_step + self._count_steps(steps, num_epochs)
+        history, last_ckpt = self._run(self.global_step, end, 0, 0, save=save)
+        self._publish(last_ckpt)
+        if self.tb is not None:
+            self.tb.flush()
+        self.accelerator.wait_for_everyone()
+        return TrainResult(self.global_step, str(self.out), history, str(last_ckpt) if last_ckpt else None)
+
+    def _run(self, step: int, end: int, epoch: int, skip: int, save: bool = True) -> tuple[list[dict], Path | None]:
+        """Optimizer steps step+1 .. end over self.dl, starting in `epoch` after `skip` micro-batches."""
+        cfg, acc = self.cfg, self.accelerator
         history: list[dict] = []
-        pbar = tqdm(total=self.total_steps, initial=step, desc="train", disable=not (cfg.progress_bar and acc.is_main_process),
+        self.global_step = step
+        pbar = tqdm(total=end, initial=step, desc="train", disable=not (cfg.progress_bar and acc.is_main_process),
                     dynamic_ncols=True)
         last_ckpt = None
         self.model.train()
-        while step < self.total_steps:
+        while step < end:
             self.sampler.set_epoch(epoch)
             if hasattr(self.dl, "set_epoch"):
                 self.dl.set_epoch(epoch)
@@ -247,32 +320,33 @@ class Trainer:
                         self.scheduler.step()
                         self.optimizer.zero_grad(set_to_none=True)
                         step += 1
+                        self.global_step = step
                         pbar.update(1)
-                        done = step >= self.total_steps
-                        saving = cfg.save_steps > 0 and step % cfg.save_steps == 0
+                        done = step >= end
+                        saving = save and cfg.save_steps > 0 and step % cfg.save_steps == 0
                         if step % cfg.logging_steps == 0 or saving or done:
                             rec = self._flush(step, window, t0, pbar)
                             history.append(rec)
                             window, t0 = self._new_window(step), time.perf_counter()
                         if self.eval_dl is not None and (done or (cfg.eval_steps > 0 and step % cfg.eval_steps == 0)):
                             history.append(self.evaluate(step))
-                        if saving or done:
+                        if saving or (save and done):
                             at_epoch_end = micro >= self.micro_per_epoch
                             last_ckpt = self._save(step, epoch + 1 if at_epoch_end else epoch, 0 if at_epoch_end else micro)
                         if done:
                             break
             epoch, skip = epoch + 1, 0
         pbar.close()
-        if acc.is_main_process and last_ckpt is not None:
+        return history, last_ckpt
+
+    def _publish(self, last_ckpt: Path | None) -> None:
+        """OUTPUT/model <- the model of the last checkpoint written."""
+        if self.accelerator.is_main_process and last_ckpt is not None:
             model_dir, tmp = self.out / "model", self.out / "model.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(last_ckpt / "model", tmp)
             shutil.rmtree(model_dir, ignore_errors=True)
             tmp.replace(model_dir)
-        if self.tb is not None:
-            self.tb.close()
-        acc.wait_for_everyone()
-        return TrainResult(step, str(self.out), history, str(last_ckpt) if last_ckpt else None)
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict:

@@ -15,6 +15,7 @@ import torch
 
 from prefkit.config import from_dict
 from prefkit.diffusion.ddim import generate
+from prefkit.eval.image_grid import save_image_grid  # noqa: F401  (the grid of the shapes demos)
 from prefkit.worlds.shapes.generators import DEFAULT_GENERATORS, parse_generator
 from prefkit.worlds.shapes.grammar import sample_prompts
 from prefkit.worlds.shapes.rewards import LABEL_REWARDS, REWARDS, score_all
@@ -96,30 +97,6 @@ def evaluate(backend, prompts: list[str], seed: int, samples_per_prompt: int = 2
     images = generate(backend, all_prompts, num_steps=num_steps, guidance=guidance, seed=seed)
     scores = score_all(images, all_prompts, names)
     return {n: float(v.mean()) for n, v in scores.items()}, images[::samples_per_prompt]
-
-
-def save_image_grid(prompts: list[str], columns: dict[str, torch.Tensor], path: str) -> None:
-    """One row per prompt, one column per model (images (N, 3, H, W) in [-1, 1]); the prompt at the right."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(columns)
-    fig, axes = plt.subplots(len(prompts), len(names), figsize=(1.3 * len(names) + 2.8, 1.25 * len(prompts)), squeeze=False)
-    for i, p in enumerate(prompts):
-        for j, name in enumerate(names):
-            ax = axes[i, j]
-            ax.imshow(((columns[name][i].permute(1, 2, 0).clamp(-1, 1) + 1) / 2).numpy(), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(name, fontsize=8)
-        axes[i, -1].text(1.08, 0.5, p, transform=axes[i, -1].transAxes, fontsize=6.5, va="center")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
 
 
 def save_reward_bars(table: dict[str, dict[str, float]], path: str, title: str = "") -> None:

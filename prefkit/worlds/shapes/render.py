@@ -75,9 +75,3 @@ def render_batch(prompts: list[str | PromptSpec], size: int = 16, seed: int = 0)
     """(N, 3, size, size) float tensor in [-1, 1], one random correct image per prompt."""
     rng = np.random.default_rng(seed)
     return torch.from_numpy(np.stack([render(p, size, rng) for p in prompts]))
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()

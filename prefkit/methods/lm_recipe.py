@@ -1,0 +1,139 @@
+"""What the language-model preference recipes share (dpo / step_dpo, ranked_dpo, curry_dpo, egida):
+the common `data` and `method` config fields, tokenizing, the reference, the collator and the Trainer call.
+
+Each recipe subclasses the config sections (adding its own fields and allowed values), loads its data,
+picks its objective, and hands the rest to `train_lm`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
+
+from prefkit.data.errors import DataError, LoadReport, RowHandler
+from prefkit.data.tokenize import TokenizeSettings, tokenize_example
+from prefkit.methods.lm_module import LMPreferenceModule
+from prefkit.models.loading import ModelConfig, load_causal_lm
+from prefkit.train.config import TrainConfig
+from prefkit.train.loop import Trainer, TrainResult
+from prefkit.train.reference import make_reference, precompute_reference
+
+REFERENCES = ("copy", "adapter", "precomputed")
+BACKENDS = ("prefix", "naive")
+
+
+@dataclass
+class LMDataConfig:
+    """The `data` fields every text recipe has; a subclass sets FORMATS and the `format` default."""
+
+    FORMATS: ClassVar[tuple[str, ...]] = ()
+
+    train_file: str = ""
+    split: str = "train"
+    format: str = ""
+    skip_invalid: bool = False
+    max_length: int = 1024
+    max_prompt_length: int | None = None
+    prompt_template: str = "{prompt}"
+    limit: int | None = None
+
+    def __post_init__(self):
+        if not self.train_file:
+            raise ValueError("data.train_file: required (a jsonl/json/parquet file, a folder, or a datasets name)")
+        if self.format not in self.FORMATS:
+            raise ValueError(f"data.format: {self.format!r} is not one of {self.FORMATS}")
+        if "{prompt}" not in self.prompt_template:
+            raise ValueError("data.prompt_template: must contain {prompt}")
+
+    def settings(self) -> TokenizeSettings:
+        return TokenizeSettings(self.max_length, self.max_prompt_length, self.prompt_template)
+
+
+@dataclass
+class LMMethodConfig:
+    """The `method` fields every text recipe has; a subclass sets NAMES (its method.name values) and the
+    `name` default."""
+
+    NAMES: ClassVar[tuple[str, ...]] = ()
+
+    name: str = ""
+    beta: float = 0.1
+    reference: str = "copy"  # copy | adapter (LoRA) | precomputed
+    backend: str = "prefix"  # prefix-shared (prompt once) | naive
+    pad_to_multiple_of: int | None = None  # round row lengths up (GPU: aligned, fewer distinct shapes)
+    reference_cache_dir: str = "runs/cache/reference"
+
+    def __post_init__(self):
+        if self.name not in self.NAMES:
+            raise ValueError(f"method.name: {self.name!r} is not handled by {type(self).__module__}")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"method.reference: {self.reference!r} is not copy, adapter or precomputed")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"method.backend: {self.backend!r} is not prefix or naive")
+        if self.beta <= 0:
+            raise ValueError(f"method.beta: must be > 0, got {self.beta}")
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise ValueError(f"method.pad_to_multiple_of: must be >= 1, got {self.pad_to_multiple_of}")
+
+
+@dataclass
+class LMRunConfig:
+    """The sections of every text recipe; a subclass narrows `data` and `method` to its own types."""
+
+    model: ModelConfig
+    data: LMDataConfig
+    method: LMMethodConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def tokenize_all(examples, tokenizer, settings: TokenizeSettings, report: LoadReport, skip_invalid: bool):
+    """Tokenize every example; over-long completions are DataErrors (or counted skips)."""
+    handler = RowHandler(report, skip_invalid)
+    groups = []
+    for i, ex in enumerate(examples):
+        row = ex.meta.get("_row", i + 1) if hasattr(ex, "meta") else i + 1
+        try:
+            g = tokenize_example(ex, tokenizer, settings, source=report.source, row=row, index=len(groups))
+        except DataError as e:
+            handler.bad(e)
+            report.rows_kept -= 1
+            continue
+        report.truncated_prompts += int(g.prompt_truncated)
+        groups.append(g)
+    return groups
+
+
+class GroupCollator:
+    def __init__(self, pad_id: int, backend: str, pad_to_multiple_of: int | None = None):
+        self.pad_id, self.backend, self.pad_to_multiple_of = pad_id, backend, pad_to_multiple_of
+
+    def __call__(self, groups):
+        from prefkit.data.collate import collate_groups
+
+        return collate_groups(groups, self.pad_id, self.backend, self.pad_to_multiple_of)
+
+
+def build_reference(kind: str, policy, groups, pad_id: int, cache_dir: str, backend: str):
+    if kind == "precomputed":
+        return precompute_reference(policy, groups, pad_id, cache_dir, backend=backend)
+    return make_reference(kind, policy)
+
+
+def build_lm_module(policy, tokenizer, groups, method: LMMethodConfig, objective,
+                    module_cls: type[LMPreferenceModule] = LMPreferenceModule) -> LMPreferenceModule:
+    """Policy + the reference `method` asks for + `objective`, as one trainable module."""
+    reference = build_reference(method.reference, policy, groups, tokenizer.pad_token_id,
+                                method.reference_cache_dir, method.backend)
+    return module_cls(policy, reference, objective, tokenizer)
+
+
+def train_lm(cfg: LMRunConfig, tokenizer, groups, report: LoadReport, objective, *, eval_groups=None,
+             module_cls: type[LMPreferenceModule] = LMPreferenceModule, run_info: dict | None = None,
+             resume: bool = False, log=print) -> TrainResult:
+    """Load the policy, build its reference, and train `objective` on the tokenized `groups` with the one
+    Trainer. The run config written next to the checkpoints is `cfg` + `run_info` + the data report."""
+    policy = load_causal_lm(cfg.model)
+    module = build_lm_module(policy, tokenizer, groups, cfg.method, objective, module_cls)
+    collator = GroupCollator(tokenizer.pad_token_id, cfg.method.backend, cfg.method.pad_to_multiple_of)
+    trainer = Trainer(cfg.train, module, groups, collator, eval_dataset=eval_groups,
+                      run_config=asdict(cfg) | (run_info or {}) | {"data_report": report.summary()}, log=log)
+    return trainer.train(resume=resume)
