@@ -148,3 +148,20 @@ def test_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert stats["judge"] == "arithmetic" and stats["counts"]["samples"] == 6
     text = capsys.readouterr().out
     assert "1/3 error collection" in text and "2/3 step localisation" in text and "3/3 rectification" in text
+
+
+def test_full_solution_rows_keep_the_response_prefix_in_the_prompt():
+    """The DPO baseline scores what the policy writes: the instruction text before "Step 1:" (which SFT and
+    evaluation put in the prompt) is not part of the completions; chosen and rejected differ at step k."""
+    from prefkit.methods.step_dpo import full_solution_rows
+
+    row = {"prompt": "Question: Start with 2, then * 3, + 1.\nAnswer: ",
+           "initial_reason_steps": "Let's think step by step.\nStep 1: 2 * 3 = 6\nStep 2:",
+           "chosen": " 6 + 1 = 7", "rejected": " 6 + 1 = 8",
+           "full_chosen": " 6 + 1 = 7\nThe answer is \\boxed{7}", "full_rejected": " 6 + 1 = 8\nThe answer is \\boxed{8}",
+           "answer": "7", "step_index": 2}
+    (out,) = full_solution_rows([row])
+    assert out["prompt"] == row["prompt"] + "Let's think step by step.\n"
+    assert out["chosen"] == "Step 1: 2 * 3 = 6\nStep 2: 6 + 1 = 7\nThe answer is \\boxed{7}"
+    assert out["rejected"] == "Step 1: 2 * 3 = 6\nStep 2: 6 + 1 = 8\nThe answer is \\boxed{8}"
+    assert full_solution_rows([dict(row, full_rejected=row["full_chosen"])]) == []  # identical: no pair

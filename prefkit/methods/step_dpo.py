@@ -68,11 +68,13 @@ def full_solution_rows(step_rows: list[dict]) -> list[dict]:
     """The DPO baseline's data: the same errors and rectifications as whole solutions (EOS-terminated)."""
     out = []
     for r in step_rows:
-        chosen = r["initial_reason_steps"] + r["full_chosen"]
-        rejected = r["initial_reason_steps"] + r["full_rejected"]
+        steps = r["initial_reason_steps"]
+        cut = steps.find("Step 1:")  # text before the first step ("Let's think step by step.\n") is prompt
+        head, steps = (steps[:cut], steps[cut:]) if cut > 0 else ("", steps)
+        chosen, rejected = steps + r["full_chosen"], steps + r["full_rejected"]
         if chosen == rejected:
             continue
-        out.append({"prompt": r["prompt"], "chosen": chosen, "rejected": rejected, "answer": r.get("answer")})
+        out.append({"prompt": r["prompt"] + head, "chosen": chosen, "rejected": rejected, "answer": r.get("answer")})
     return out
 
 

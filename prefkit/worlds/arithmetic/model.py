@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from prefkit.worlds.arithmetic.problems import (PROMPT_TEMPLATE, RESPONSE_PREFIX, Problem, WorldConfig,
-                                                make_splits, world_dict)
+                                                make_splits)
 from prefkit.worlds.arithmetic.tokenizer import build_tokenizer
 
 CACHE_VERSION = 1
@@ -190,7 +190,7 @@ def world_tokenizer(kind: str = "bpe", bpe_vocab: int = 400):
 
 
 def cache_key(world: WorldConfig, model_cfg: TinyModelConfig, sft: SFTConfig) -> str:
-    blob = json.dumps({"v": CACHE_VERSION, "world": world_dict(world), "model": asdict(model_cfg), "sft": asdict(sft)},
+    blob = json.dumps({"v": CACHE_VERSION, "world": asdict(world), "model": asdict(model_cfg), "sft": asdict(sft)},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

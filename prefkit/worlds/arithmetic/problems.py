@@ -41,7 +41,6 @@ class WorldConfig:
     max_mul: int = 5  # factor range for * and / (2..max_mul)
     max_value: int = 99  # every intermediate value stays in [0, max_value]
     word_fraction: float = 0.3  # share of problems written as word problems
-    numbered_ops: bool = False  # questions label each operation "Step k:" as the solution does (easier lookup)
 
     def __post_init__(self):
         if not 1 <= self.min_ops <= self.max_ops:
@@ -81,7 +80,6 @@ class Problem:
     style: str = "plain"  # plain | word
     name: int = 0  # word problems: index into NAMES
     item: int = 0  # word problems: index into ITEMS
-    numbered: bool = False  # the question labels operation k as "Step k:" (WorldConfig.numbered_ops)
 
     @property
     def key(self) -> tuple:
@@ -103,8 +101,6 @@ class Problem:
     def question(self) -> str:
         if self.style == "word":
             return _word_question(self)
-        if self.numbered:
-            return f"Start with {self.start}. " + " ".join(f"Step {i + 1}: {op} {b}." for i, (op, b) in enumerate(self.ops))
         return f"Start with {self.start}, then " + ", ".join(f"{op} {b}" for op, b in self.ops) + "."
 
     def step_lines(self, style: str = "symbolic") -> list[str]:
@@ -120,13 +116,12 @@ class Problem:
     def to_row(self) -> dict:
         """A jsonl row readable by `prefkit eval math` and `prefkit build step-pairs`."""
         return {"question": self.question, "answer": str(self.answer), "solution": self.solution(),
-                "start": self.start, "ops": [list(o) for o in self.ops], "style": self.style,
-                "numbered": self.numbered}
+                "start": self.start, "ops": [list(o) for o in self.ops], "style": self.style}
 
     @classmethod
     def from_row(cls, row: dict) -> "Problem":
         return cls(start=int(row["start"]), ops=tuple((str(o), int(b)) for o, b in row["ops"]),
-                   style=str(row.get("style", "plain")), numbered=bool(row.get("numbered", False)))
+                   style=str(row.get("style", "plain")))
 
 
 def format_step(a: int, op: str, b: int, result: int, style: str = "symbolic") -> str:
@@ -147,8 +142,7 @@ def _word_question(p: Problem) -> str:
         "/": "{P} keeps one of {b} equal shares.",
     }
     parts = [f"{name} has {p.start} {item}."]
-    parts += [(f"Step {i + 1}: " if p.numbered else "") + phrases[op].format(P=pron, b=b)
-              for i, (op, b) in enumerate(p.ops)]
+    parts += [phrases[op].format(P=pron, b=b) for op, b in p.ops]
     parts.append(f"How many {item} does {name} have now?")
     return " ".join(parts)
 
@@ -179,7 +173,7 @@ def sample_problem(rng: random.Random, cfg: WorldConfig) -> Problem:
         value = apply_op(value, op, b)
         ops.append((op, b))
     style = "word" if rng.random() < cfg.word_fraction else "plain"
-    return Problem(start, tuple(ops), style, rng.randrange(len(NAMES)), rng.randrange(len(ITEMS)), cfg.numbered_ops)
+    return Problem(start, tuple(ops), style, rng.randrange(len(NAMES)), rng.randrange(len(ITEMS)))
 
 
 @dataclass
@@ -222,9 +216,4 @@ def write_jsonl(problems: list[Problem], path: str | Path) -> Path:
 
 
 def world_dict(cfg: WorldConfig) -> dict:
-    """The settings as a dict for cache keys; knobs added later are left out while they have their old
-    behaviour (numbered_ops=False), so models cached before they existed keep their keys."""
-    d = asdict(cfg)
-    if not d["numbered_ops"]:
-        del d["numbered_ops"]
-    return d
+    return asdict(cfg)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from prefkit.worlds.arithmetic.model import SFTConfig, SFTModule, TinyModelConfig, build_tiny_model, sft_example, train_sft
-from prefkit.worlds.arithmetic.problems import PROMPT_TEMPLATE, RESPONSE_PREFIX, WorldConfig, make_splits, world_dict
+from prefkit.worlds.arithmetic.problems import PROMPT_TEMPLATE, RESPONSE_PREFIX, WorldConfig, make_splits
 from prefkit.worlds.arithmetic.tokenizer import build_tokenizer
 from prefkit.worlds.safety.lexicon import world_fingerprint
 from prefkit.worlds.safety.world import SafetySFTMix, sft_requests
@@ -54,8 +54,8 @@ class SafetyPretrainConfig:
     def cache_key(self) -> str:
         probe = make_splits(self.arithmetic, seed=99, n_train=2, n_val=0, n_test=0, n_pref=0).train
         arith_text = [PROMPT_TEMPLATE.format(question=p.question) + RESPONSE_PREFIX + p.solution() for p in probe]
-        blob = json.dumps({"v": CACHE_VERSION, "world": world_fingerprint(), "arith": arith_text,
-                           **asdict(self), "arithmetic": world_dict(self.arithmetic)}, sort_keys=True)
+        blob = json.dumps({"v": CACHE_VERSION, "world": world_fingerprint(), "arith": arith_text, **asdict(self)},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
