@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from prefkit.losses.dpo import dpo_loss
 
 
