@@ -1,7 +1,7 @@
 """One timed training run of TRL's DPOTrainer or of prefkit's Trainer, with the same model, data and settings.
 
 Both runs see the same token ids in the same order (prefkit's seeded epoch permutation, replayed to TRL with
-sequential sampling), the same AdamW (torch's, non-fused, no weight decay), a constant learning rate, gradient
+sequential sampling), the same AdamW (torch's, no weight decay; fused or not, `RunSettings.optim`), a constant learning rate, gradient
 clipping at 1.0, no gradient checkpointing, no dropout, and a reference model different from the policy (see
 shapes.build_models). Time is measured over windows of `window_steps` optimizer steps; the first window is
 warm-up; each window is timed by the wall clock and by the process CPU clock (`clock_mark`). Within a
@@ -40,6 +40,8 @@ class RunSettings:
     seed: int = 0
     window_steps: int = 1
     timed_windows: int = 2
+    optim: str = "adamw_torch"  # or adamw_torch_fused, for both trainers (transformers' and prefkit's names agree)
+    workers: int = 0  # DataLoader worker processes, for both trainers
 
     @property
     def total_steps(self) -> int:
@@ -206,10 +208,10 @@ def run_trl(policy, ref, groups, shape: Shape, batch: int, s: RunSettings, *, pr
     args = DPOConfig(
         output_dir=tmp.name, per_device_train_batch_size=batch * pairs_per_group, max_steps=s.total_steps,
         learning_rate=s.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-        optim="adamw_torch", beta=s.beta, loss_type=["sigmoid"], gradient_checkpointing=False,
+        optim=s.optim, beta=s.beta, loss_type=["sigmoid"], gradient_checkpointing=False,
         bf16=s.mixed_precision == "bf16", fp16=False, use_cpu=s.device == "cpu", report_to="none",
         save_strategy="no", logging_strategy="steps", logging_steps=s.total_steps, disable_tqdm=True,
-        dataloader_num_workers=0, seed=s.seed, train_sampling_strategy="sequential", max_length=None,
+        dataloader_num_workers=s.workers, seed=s.seed, train_sampling_strategy="sequential", max_length=None,
         precompute_ref_log_probs=precompute, precompute_ref_batch_size=batch * pairs_per_group,
     )
     clock = Clock(s.window_steps, s.device)
@@ -307,6 +309,7 @@ def run_prefkit(policy, ref, groups, shape: Shape, batch: int, s: RunSettings, *
     cfg = TrainConfig(output_dir=f"{tmp.name}/run", seed=s.seed, learning_rate=s.lr, max_steps=s.total_steps,
                       batch_size=batch, lr_scheduler="constant", warmup_ratio=0.0, weight_decay=0.0,
                       max_grad_norm=1.0, mixed_precision=s.mixed_precision, logging_steps=s.window_steps,
+                      optim=s.optim, dataloader_num_workers=s.workers,
                       save_steps=0, overwrite=True, progress_bar=False)
     trainer = Trainer(cfg, module, groups, GroupCollator(PAD_ID, backend, pad_to_multiple_of), log=lambda *a, **k: None)
     trainer._save = lambda *a, **k: None  # no checkpoint writing (TRL runs with save_strategy="no")

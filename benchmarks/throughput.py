@@ -193,6 +193,9 @@ def parse_args(argv=None):
     p.add_argument("--no-flex", action="store_true")
     p.add_argument("--check-batch", type=int, default=4, help="batch of the float32 loss check in bf16 modes")
     p.add_argument("--time-budget-s", type=float, help="stop starting runs after this many seconds (gpu: 480)")
+    p.add_argument("--optim", choices=["adamw_torch", "adamw_torch_fused"], default="adamw_torch",
+                   help="AdamW kernel of both trainers (the ANCHORS.md TRL run used the fused one)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes of both trainers")
     p.add_argument("--lr", type=float, default=1e-6)
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--ref-noise", type=float, help="reference = policy + this x std noise (default 0.02; dry run 0.5)")
@@ -225,8 +228,9 @@ def main(argv=None) -> int:
         return 2
     args.clock = "cpu" if args.device == "cpu" else "wall"
     settings = {
-        "timed": RunSettings(args.device, cfg["dtype"], cfg["mp"], args.lr, args.beta, args.seed, window, timed),
-        "fp32-check": RunSettings(args.device, torch.float32, "no", args.lr, args.beta, args.seed, 1, 0),
+        "timed": RunSettings(args.device, cfg["dtype"], cfg["mp"], args.lr, args.beta, args.seed, window, timed,
+                             args.optim, args.workers),
+        "fp32-check": RunSettings(args.device, torch.float32, "no", args.lr, args.beta, args.seed, 1, 0, args.optim),
     }
     t_start = time.perf_counter()
     command = ("python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
@@ -267,7 +271,7 @@ def main(argv=None) -> int:
               f"- command: `{command}`\n- machine: {machine_line(args.device)}\n- load at end: {load_line()}\n"
               f"- model: Qwen2 config `{cfg['model']}`, {n_total / 1e6:.1f}M parameters (N = {n_linear / 1e6:.1f}M), "
               f"{str(cfg['dtype']).replace('torch.', '')}; window {window} step(s), {timed} timed window(s) after 1 warm-up; "
-              f"lr {args.lr}, beta {args.beta}, reference = policy + {args.ref_noise} x std noise\n"
+              f"lr {args.lr}, beta {args.beta}, optimizer {args.optim}, dataloader workers {args.workers}, reference = policy + {args.ref_noise} x std noise\n"
               f"- clock: {'process CPU time (the machine is shared; load-insensitive), wall clock alongside' if args.clock == 'cpu' else 'wall clock, CUDA synchronised at window ends'}\n"
               f"- wall time: {time.perf_counter() - t_start:.0f}s\n")
     print("\n" + header + "\n" + table)

@@ -128,6 +128,8 @@ def main(argv=None) -> int:
     ap.add_argument("--verified-from", default=None, help="with --sources verified: the self pairs file to filter")
     ap.add_argument("--sources", nargs="+", default=["self", "ood"], choices=["self", "ood", "verified"],
                     help="which pair sources to run (self-generated, OOD chosen steps)")
+    ap.add_argument("--pairs-from", nargs="+", default=None,
+                    help="reuse step-pairs files built earlier by the same SFT model, one per --seeds entry (source self)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="", help="suffix of the runs csv (to run seeds as parallel processes)")
     ap.add_argument("--merge", nargs="*", default=None, help="only merge these runs csvs into the tables and plot")
@@ -152,6 +154,8 @@ def main(argv=None) -> int:
         return 0
     cfg = load_demo_config(args.config, args.overrides)
     grid = json.loads(args.grid)
+    if args.pairs_from and len(args.pairs_from) != len(args.seeds):
+        ap.error(f"--pairs-from: {len(args.pairs_from)} files for {len(args.seeds)} seeds")
     runs_dir = Path(args.runs) / (args.tag or "all")
     t0, c0 = time.time(), time.process_time()
     sft = pretrain(cfg.world, cfg.model, cfg.sft, cache_root=cfg.cache_root, split_seed=cfg.split_seed)
@@ -181,6 +185,9 @@ def main(argv=None) -> int:
             if source == "verified":
                 src = Path(args.verified_from.format(seed=s)) if args.verified_from else runs_dir / f"seed{s}" / "self" / "step_pairs.jsonl"
                 verified_pairs(src, files["pref"], pairs)
+            elif source == "self" and args.pairs_from:
+                pairs = Path(args.pairs_from[args.seeds.index(s)])
+                print(f"[exp] seed {s}: reusing {pairs}", flush=True)
             else:
                 build_pairs(cfg, sft, files["pref"], pairs, s, rectifier)
             arms = ("step_dpo",) if source == "ood" else ("dpo", "step_dpo")

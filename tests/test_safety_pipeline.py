@@ -103,7 +103,7 @@ def test_egida_recipe_trains_dpo_on_the_pairs(tmp_path):
     result = run(cfg, sampler=ComplyUnlessLeet(), log=lambda *a: None)
     assert result.global_step == 2
     first = result.history[0]  # policy == reference at step 1: ln 2 + alpha * NLL(chosen)
-    assert first["loss"] == pytest.approx(math.log(2) + 0.5 * first["nll/chosen"], abs=1e-4)
+    assert first["loss"] == pytest.approx(math.log(2) + 0.5 * first["nll_loss"], abs=1e-4)
     assert (tmp_path / "run" / "model" / "prefkit_safety_world.json").exists()
     assert json.loads((tmp_path / "run" / "egida_pairs_summary.json").read_text())["pairs"] == 16
 

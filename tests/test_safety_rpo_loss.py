@@ -1,12 +1,13 @@
 """DPO + chosen-NLL (RPO, Pang et al. 2024): hand-derived values, ln 2 + alpha * NLL at policy == reference,
-gradients against a naive per-example implementation, and the objective used by the Egida recipe."""
+gradients against a naive per-example implementation, and the objective (PairwiseDPO with rpo_alpha) that
+the DPO / Step-DPO recipe and the Egida recipe use."""
 import math
 
 import pytest
 import torch
 
 from prefkit.losses.rpo import dpo_nll_loss
-from prefkit.methods.safety import DPOWithChosenNLL
+from prefkit.methods.objectives import PairwiseDPO
 
 
 def test_policy_equals_reference_gives_ln2_plus_alpha_nll():
@@ -50,9 +51,16 @@ def test_gradients_match_a_naive_implementation():
 
 
 def test_objective_metrics():
-    obj = DPOWithChosenNLL(beta=0.1, alpha=1.0)
+    obj = PairwiseDPO(beta=0.1, rpo_alpha=1.0)
+    assert obj.needs_n_tokens and not PairwiseDPO(beta=0.1).needs_n_tokens
     logps = torch.tensor([[-6.0, -1.0]])
-    loss, m = obj(logps, logps.clone(), torch.tensor([[1.0, 0.0]]), torch.ones(1, 2, dtype=torch.bool),
-                  torch.tensor([[3, 1]]))
-    assert loss.item() == pytest.approx(math.log(2) + 2.0, abs=1e-6)
-    assert m["nll/chosen"].item() == 2.0 and m["rewards/accuracies"].item() == 0.0
+    args = (logps, logps.clone(), torch.tensor([[1.0, 0.0]]), torch.ones(1, 2, dtype=torch.bool))
+    loss, m = obj(*args, torch.tensor([[3, 1]]))
+    assert loss.item() == pytest.approx(math.log(2) + 2.0, abs=1e-6)  # ln 2 + 1.0 x (6 / 3)
+    assert m["nll_loss"].item() == 2.0 and m["rewards/accuracies"].item() == 0.0
+    plain_loss, plain_m = PairwiseDPO(beta=0.1)(*args)
+    assert plain_loss.item() == pytest.approx(math.log(2), abs=1e-6) and "nll_loss" not in plain_m
+    with pytest.raises(ValueError, match="n_tokens"):
+        obj(*args)
+    with pytest.raises(ValueError, match="rpo_alpha"):
+        PairwiseDPO(rpo_alpha=-0.1)

@@ -43,9 +43,12 @@ class MethodConfig(LMMethodConfig):  # + beta, reference, backend, ... (lm_recip
     name: str = "dpo"  # dpo | step_dpo (same loss; step_dpo expects step pairs)
     loss_kind: str = "sigmoid"  # sigmoid | ipo | hinge
     label_smoothing: float = 0.0
+    rpo_alpha: float = 0.0  # > 0: + alpha x NLL of the chosen completion per token (RPO; TRL's rpo_alpha)
 
     def __post_init__(self):
         super().__post_init__()
+        if self.rpo_alpha < 0:
+            raise ValueError(f"method.rpo_alpha: must be >= 0, got {self.rpo_alpha}")
         if self.loss_kind not in ("sigmoid", "ipo", "hinge"):
             raise ValueError(f"method.loss_kind: {self.loss_kind!r} is not sigmoid, ipo or hinge")
 
@@ -71,5 +74,5 @@ def run(cfg: DPORunConfig, *, resume: bool = False, log=print) -> TrainResult:
         log(eval_report.summary())
     if cfg.method.reference == "precomputed" and eval_groups:
         raise ValueError("method.reference=precomputed with data.eval_file: use reference=copy to evaluate")
-    objective = PairwiseDPO(cfg.method.beta, cfg.method.loss_kind, cfg.method.label_smoothing)
+    objective = PairwiseDPO(cfg.method.beta, cfg.method.loss_kind, cfg.method.label_smoothing, cfg.method.rpo_alpha)
     return train_lm(cfg, tokenizer, groups, report, objective, eval_groups=eval_groups, resume=resume, log=log)

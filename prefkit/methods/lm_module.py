@@ -30,8 +30,8 @@ class LMPreferenceModule(torch.nn.Module):
     def forward(self, batch: dict):
         out = completion_logps(self.policy, batch)  # (B, K)
         ref_logps = self.ref.logps(self.policy, batch)  # (B, K)
-        loss, metrics = self.objective(out.logps, ref_logps.to(out.logps.dtype), batch["labels"], batch["mask"])
-        return loss, metrics
+        extra = (out.n_tokens,) if getattr(self.objective, "needs_n_tokens", False) else ()
+        return self.objective(out.logps, ref_logps.to(out.logps.dtype), batch["labels"], batch["mask"], *extra)
 
     def flops(self, batch: dict) -> torch.Tensor:
         """Model FLOPs of one step on this batch: 6 N per policy token (forward + backward) + 2 N per

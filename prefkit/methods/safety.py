@@ -4,8 +4,9 @@
    training prompts -> the target's answers -> judge -> chosen = a safe reference answer, rejected =
    the target's own unsafe answer (held-out topics and styles never enter);
 2. plain DPO on those triplets with the shared recipe (prefkit.methods.dpo: tokenize_pair, reference,
-   PairwiseDPO objective, the one Trainer); optionally (`method.nll_alpha > 0`) DPO + an NLL term on the
-   chosen answer (RPO), for chosen answers the target model would never produce itself;
+   PairwiseDPO objective, the one Trainer); optionally (`method.nll_alpha > 0`, the DPO recipe's
+   `rpo_alpha`) DPO + an NLL term on the chosen answer (RPO), for chosen answers the target model would
+   never produce itself;
 3. optionally `prefkit eval safety` before and after (ASR seen / held-out, over-refusal, general ability).
 
     prefkit train configs/safety_dpo.yaml      (when `egida` is registered in prefkit.train.cli_train)
@@ -17,13 +18,8 @@ import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from prefkit.data.loaders import load_preferences
-from prefkit.losses.rpo import dpo_nll_loss
 from prefkit.methods import dpo
-from prefkit.methods.lm_module import LMPreferenceModule
-from prefkit.methods.lm_recipe import train_lm
-from prefkit.models.loading import ModelConfig, load_tokenizer
-from prefkit.models.logprobs import completion_logps
+from prefkit.models.loading import ModelConfig
 from prefkit.pipelines.safety_pairs import SafetyPairsConfig, build_safety_pairs
 from prefkit.train.config import TrainConfig
 from prefkit.train.loop import TrainResult
@@ -39,16 +35,14 @@ class EgidaMethodConfig:
     backend: str = "prefix"  # prefix | naive
     max_length: int = 256
     max_prompt_length: int | None = None
-    nll_alpha: float = 0.0  # > 0: add alpha * NLL of the chosen answer (RPO, prefkit/losses/rpo.py); 0 = plain DPO
+    nll_alpha: float = 0.0  # > 0: add alpha * NLL of the chosen answer (RPO; the DPO recipe's rpo_alpha); 0 = plain DPO
     rebuild_pairs: bool = False  # rebuild even if out_dir/pairs.jsonl exists
 
     def __post_init__(self):
         if self.name != "egida":
             raise ValueError(f"method.name: {self.name!r}; this recipe is 'egida'")
-        if self.nll_alpha < 0:
-            raise ValueError(f"method.nll_alpha: must be >= 0, got {self.nll_alpha}")
         dpo.MethodConfig(beta=self.beta, loss_kind=self.loss_kind, label_smoothing=self.label_smoothing,
-                         reference=self.reference, backend=self.backend)  # same validation as DPO
+                         reference=self.reference, backend=self.backend, rpo_alpha=self.nll_alpha)  # DPO's checks
 
 
 @dataclass
@@ -66,48 +60,8 @@ def dpo_config(cfg: SafetyRunConfig, pairs_file: str) -> dpo.DPORunConfig:
                           max_prompt_length=m.max_prompt_length,
                           prompt_template=cfg.pairs.prompt_template or "{prompt}")
     method = dpo.MethodConfig(name="dpo", beta=m.beta, loss_kind=m.loss_kind, label_smoothing=m.label_smoothing,
-                              reference=m.reference, backend=m.backend)
+                              reference=m.reference, backend=m.backend, rpo_alpha=m.nll_alpha)
     return dpo.DPORunConfig(model=cfg.model, data=data, method=method, train=cfg.train)
-
-
-@dataclass
-class DPOWithChosenNLL:
-    """Objective: DPO + alpha * length-normalised NLL of the chosen completion (K == 2, chosen first)."""
-
-    beta: float = 0.1
-    alpha: float = 1.0
-    kind: str = "sigmoid"
-    label_smoothing: float = 0.0
-
-    def __call__(self, policy_logps, ref_logps, labels, mask, n_tokens):
-        losses, rc, rr, nll = dpo_nll_loss(policy_logps[:, 0], policy_logps[:, 1], ref_logps[:, 0], ref_logps[:, 1],
-                                           n_tokens[:, 0], beta=self.beta, alpha=self.alpha, kind=self.kind,
-                                           label_smoothing=self.label_smoothing)
-        pl = policy_logps.detach()
-        metrics = {"rewards/chosen": rc.mean(), "rewards/rejected": rr.mean(), "rewards/margins": (rc - rr).mean(),
-                   "rewards/accuracies": (rc > rr).float().mean(), "logps/chosen": pl[:, 0].mean(),
-                   "logps/rejected": pl[:, 1].mean(), "nll/chosen": nll.detach().mean()}
-        return losses.mean(), metrics
-
-
-class ChosenNLLModule(LMPreferenceModule):
-    """LMPreferenceModule whose objective also receives the completions' token counts."""
-
-    def forward(self, batch: dict):
-        out = completion_logps(self.policy, batch)  # (B, K)
-        ref_logps = self.ref.logps(self.policy, batch)  # (B, K)
-        return self.objective(out.logps, ref_logps.to(out.logps.dtype), batch["labels"], batch["mask"], out.n_tokens)
-
-
-def train_dpo_nll(cfg: dpo.DPORunConfig, alpha: float, *, resume: bool = False, log=print) -> TrainResult:
-    """prefkit.methods.dpo.run with the DPO + chosen-NLL objective (same loading, tokenizing, reference, loop)."""
-    tokenizer = load_tokenizer(cfg.model)
-    examples, report = load_preferences(cfg.data.train_file, format="pairs", skip_invalid=cfg.data.skip_invalid)
-    groups = dpo.tokenize_all(examples, tokenizer, cfg.data.settings(), report, cfg.data.skip_invalid)
-    log(report.summary())
-    objective = DPOWithChosenNLL(cfg.method.beta, alpha, cfg.method.loss_kind, cfg.method.label_smoothing)
-    return train_lm(cfg, tokenizer, groups, report, objective, module_cls=ChosenNLLModule,
-                    run_info={"nll_alpha": alpha}, resume=resume, log=log)
 
 
 def run(cfg: SafetyRunConfig, *, resume: bool = False, log=print, sampler=None) -> TrainResult:
@@ -126,10 +80,7 @@ def run(cfg: SafetyRunConfig, *, resume: bool = False, log=print, sampler=None) 
     if sum(1 for line in open(pairs_file) if line.strip()) == 0:
         raise ValueError(f"{pairs_file}: no triplets (the target model gave no answer judged unsafe)")
     run_cfg = dpo_config(cfg, str(pairs_file))
-    if cfg.method.nll_alpha > 0:
-        result = train_dpo_nll(run_cfg, cfg.method.nll_alpha, resume=resume, log=log)
-    else:
-        result = dpo.run(run_cfg, resume=resume, log=log)
+    result = dpo.run(run_cfg, resume=resume, log=log)  # DPO, + nll_alpha x NLL(chosen) when > 0 (rpo_alpha)
     world_info = Path(cfg.model.name_or_path) / "prefkit_safety_world.json"
     if world_info.exists():  # the embedded world's arithmetic check needs it next to the aligned model
         shutil.copy(world_info, Path(result.output_dir) / "model" / world_info.name)

@@ -39,6 +39,7 @@ class StepDPOSettings:
     lr_scheduler: str = "cosine"
     max_length: int = 512
     loss_kind: str = "sigmoid"
+    rpo_alpha: float = 0.0  # > 0: + alpha x NLL of the chosen step per token (RPO); the paper: 0
     reference: str = "copy"
     backend: str = "prefix"
     seed: int = 0
@@ -86,7 +87,7 @@ def run_config(model_path: str, train_file: str, output_dir: str, s: StepDPOSett
         data=DataConfig(train_file=str(train_file), format="step_pairs" if step_level else "pairs",
                         max_length=s.max_length),
         method=MethodConfig(name="step_dpo" if step_level else "dpo", beta=s.beta, loss_kind=s.loss_kind,
-                            reference=s.reference, backend=s.backend),
+                            rpo_alpha=s.rpo_alpha, reference=s.reference, backend=s.backend),
         train=TrainConfig(output_dir=str(output_dir), seed=s.seed, learning_rate=s.learning_rate,
                           num_epochs=s.num_epochs, batch_size=s.batch_size, grad_accum_steps=s.grad_accum_steps,
                           lr_scheduler=s.lr_scheduler, warmup_ratio=s.warmup_ratio, overwrite=True,

@@ -32,14 +32,30 @@ ATTN_NAME = "prefkit_flex"
 _COMPILED = {}
 
 
+def _flex_with_grad(q, k, v, **kw):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention(q, k, v, **kw)
+
+
+def _flex_without_grad(q, k, v, **kw):  # the same, as another code object: its own torch.compile cache
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention(q, k, v, **kw)
+
+
 def _flex_fn(device_type: str):
+    """CPU: the eager reference path. CUDA: one compiled function per grad mode, so that the policy's call (with
+    gradients) and the reference's (without) do not evict each other's graphs: sharing one compiled function,
+    they hit torch.compile's recompile limit on ranked4 in the first GPU run ("GLOBAL_STATE changed: grad_mode")."""
     from torch.nn.attention.flex_attention import flex_attention
 
     if device_type != "cuda":
         return flex_attention
-    if "cuda" not in _COMPILED:
-        _COMPILED["cuda"] = torch.compile(flex_attention, dynamic=False)
-    return _COMPILED["cuda"]
+    grad = torch.is_grad_enabled()
+    if grad not in _COMPILED:
+        _COMPILED[grad] = torch.compile(_flex_with_grad if grad else _flex_without_grad, dynamic=False)
+    return _COMPILED[grad]
 
 
 def flex_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):

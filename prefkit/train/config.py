@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")
+
 
 @dataclass
 class TrainConfig:
@@ -20,6 +22,8 @@ class TrainConfig:
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     max_grad_norm: float = 1.0  # <= 0 disables clipping
+    optim: str = "adamw_torch"  # adamw_torch | adamw_torch_fused (one fused kernel per step; transformers' names)
+    dataloader_num_workers: int = 0  # > 0: collate in that many worker processes, overlapping the device step
     mixed_precision: str = "no"  # no | bf16 | fp16
     logging_steps: int = 1  # metrics leave the device (one sync) only every this many optimizer steps
     save_steps: int = 0  # 0 = only the final checkpoint
@@ -35,6 +39,10 @@ class TrainConfig:
             raise ValueError(f"lr_scheduler: {self.lr_scheduler!r} is not cosine, linear or constant")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision: {self.mixed_precision!r} is not no, bf16 or fp16")
+        if self.optim not in OPTIMIZERS:
+            raise ValueError(f"optim: {self.optim!r} is not one of {OPTIMIZERS}")
+        if self.dataloader_num_workers < 0:
+            raise ValueError(f"dataloader_num_workers: must be >= 0, got {self.dataloader_num_workers}")
         for name in ("batch_size", "grad_accum_steps", "num_epochs", "logging_steps", "save_total_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")

@@ -130,7 +130,9 @@ class Trainer:
         if len(dataset) == 0:
             raise ValueError("the training set is empty")
         self.sampler = EpochPermutationSampler(len(dataset), seed)
-        return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=self.sampler, collate_fn=self.collate_fn)
+        workers = self.cfg.dataloader_num_workers
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=self.sampler, collate_fn=self.collate_fn,
+                          num_workers=workers, pin_memory=workers > 0 and torch.cuda.is_available())
 
     def _count_steps(self, steps: int | None = None, num_epochs: int | None = None) -> int:
         """Sets the per-epoch sizes of the current loader; returns the optimizer steps to take on it:
@@ -156,7 +158,8 @@ class Trainer:
         no_decay = [p for p in params if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+            lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+            fused=True if cfg.optim == "adamw_torch_fused" else None)
         self.model, self.optimizer, self.dl = acc.prepare(self.module, self.optimizer, dl)
         self.eval_dl = None
         if self.eval_dataset is not None and len(self.eval_dataset):
