@@ -3,6 +3,7 @@
     python experiments/step_dpo.py --seeds 0 1 2
     python experiments/step_dpo.py --seeds 1 --tag s1  (one seed per process) ... then
     python experiments/step_dpo.py --merge experiments/results/step_dpo_runs_s*.csv
+    python experiments/step_dpo.py --seeds 0 --pairs-from PAIRS.jsonl --grid '[{"rpo_alpha": 1.0, ...}]'  (reuse pairs)
 
 Arms (the same SFT model and the same preference problems for all):
   SFT               the pre-trained tiny model (greedy decoding);

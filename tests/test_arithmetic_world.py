@@ -133,3 +133,60 @@ def test_pretrain_caches_and_reuses(tmp_path):
     out = make_sampler(str(path), progress=False).generate(["Question: Start with 1. Add 2.\nAnswer: "],
                                                            SamplingParams(temperature=0.0, max_new_tokens=5))
     assert len(out) == 1 and isinstance(out[0][0], str)
+
+
+def test_sft_stops_at_the_first_check_that_reaches_the_target(tmp_path):
+    from prefkit.worlds.arithmetic.model import cache_key, train_sft
+
+    tok = build_char_tokenizer()
+    model = build_tiny_model(len(tok), TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                                       intermediate_size=64), tok.pad_token_id, tok.eos_token_id)
+    data = [sft_example(p, tok) for p in make_splits(WorldConfig(), seed=0, n_train=16, n_val=0, n_test=0, n_pref=0).train]
+    cfg = SFTConfig(steps=20, batch_size=4, warmup_steps=1, target_val_accuracy=0.5, check_from=4, check_every=4)
+    answers, modes = iter([0.1, 0.6, 0.9]), []
+
+    def check():
+        modes.append(model.training)
+        return next(answers)
+
+    history = train_sft(SFTModule(model, tok), data, tok.pad_token_id, cfg, check=check)
+    checks = [h for h in history if "val_accuracy" in h]
+    assert [(h["step"] + 1, h["val_accuracy"]) for h in checks] == [(4, 0.1), (8, 0.6)]  # stopped at 0.6 >= 0.5
+    assert max(h["step"] for h in history) == 7 and modes == [False, False]  # checked in eval mode
+    # with the stop rule off, its settings leave the cache key alone (old caches stay valid); on, they count
+    off = SFTConfig(steps=20)
+    assert cache_key(WorldConfig(), TinyModelConfig(), off) == cache_key(WorldConfig(), TinyModelConfig(),
+                                                                         SFTConfig(steps=20, check_every=7))
+    assert cache_key(WorldConfig(), TinyModelConfig(), cfg) != cache_key(WorldConfig(), TinyModelConfig(),
+                                                                         SFTConfig(**{**cfg.__dict__, "n_check": 50}))
+    with pytest.raises(ValueError, match="target_val_accuracy"):
+        SFTConfig(target_val_accuracy=1.5)
+
+
+def test_pretrain_checks_greedy_accuracy_on_validation_problems(tmp_path):
+    sft = SFTConfig(steps=4, batch_size=4, n_train=40, tokenizer="char", warmup_steps=1, target_val_accuracy=0.99,
+                    check_from=2, check_every=2, n_check=3)
+    path = pretrain(world=WorldConfig(max_ops=3), model_cfg=TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2,
+                                                                           num_kv_heads=1, intermediate_size=64),
+                    sft=sft, cache_root=tmp_path, verbose=False)
+    meta = json.loads((path / "prefkit_sft.json").read_text())
+    checks = [h for h in meta["history"] if "val_accuracy" in h]
+    assert [h["step"] for h in checks] == [1, 3] and all(h["val_accuracy"] == 0.0 for h in checks)  # 4 steps: no skill
+    assert meta["steps_trained"] == 4
+
+
+@pytest.mark.parametrize("n_pref", [400, 2000])
+def test_demo_problem_splits_are_disjoint_from_each_other_and_from_sft_training(n_pref):
+    from prefkit.demos.step_dpo import DEFAULT_CONFIG, demo_splits, load_demo_config
+    from prefkit.worlds.arithmetic.problems import make_splits
+
+    cfg = load_demo_config(DEFAULT_CONFIG, [f"n_pref={n_pref}"])
+    d = demo_splits(cfg)
+    assert {k: len(v) for k, v in d.items()} == {"pref": n_pref, "val": cfg.n_val, "test": cfg.n_test}
+    keys = {k: {p.key for p in v} for k, v in d.items()}
+    assert all(len(keys[k]) == len(d[k]) for k in d)  # no repeats within a split
+    train = {p.key for p in make_splits(cfg.world, seed=cfg.split_seed, n_train=cfg.sft.n_train).train}
+    for a, b in [("pref", "val"), ("pref", "test"), ("val", "test")]:
+        assert not keys[a] & keys[b]
+    for k in d:
+        assert not keys[k] & train, k  # at n_pref=2000 the plain stream would give 900 SFT training problems

@@ -58,11 +58,37 @@ def load_demo_config(path: str | Path | None, overrides: list[str]) -> DemoConfi
     return from_dict(DemoConfig, apply_overrides(data, overrides))
 
 
-def problem_files(cfg: DemoConfig, out: Path) -> dict[str, Path]:
-    from prefkit.worlds.arithmetic.problems import make_splits, write_jsonl
+def demo_splits(cfg: DemoConfig) -> dict[str, list]:
+    """The demo's preference, validation and test problems, disjoint from each other and from the SFT model's
+    training problems. They are drawn from the generator stream the SFT split uses (test first, then val and
+    pref), so with the demo's sizes the later preference problems would run into the SFT's training problems
+    (900 of them at n_pref=2000); those are replaced by problems from a separate stream, checked by key."""
+    import random
+
+    from prefkit.worlds.arithmetic.problems import make_splits, sample_problem
 
     s = make_splits(cfg.world, seed=cfg.split_seed, n_train=0, n_val=cfg.n_val, n_test=cfg.n_test, n_pref=cfg.n_pref)
-    return {name: write_jsonl(getattr(s, name), out / "problems" / f"{name}.jsonl") for name in ("pref", "val", "test")}
+    sft = make_splits(cfg.world, seed=cfg.split_seed, n_train=cfg.sft.n_train)  # the split pretrain() trains on
+    train = {p.key for p in sft.train}
+    used = train | {p.key for p in s.test + s.val}
+    pref = [p for p in s.pref if p.key not in train]
+    used |= {p.key for p in pref}
+    rng, tries = random.Random(f"arithmetic-{cfg.split_seed}-pref-extra"), 0
+    while len(pref) < cfg.n_pref:
+        p = sample_problem(rng, cfg.world)
+        tries += 1
+        if tries > 50 * (cfg.n_pref + 100):
+            raise RuntimeError(f"could not draw {cfg.n_pref} preference problems outside the other splits; widen the world")
+        if p.key not in used:
+            used.add(p.key)
+            pref.append(p)
+    return {"pref": pref, "val": s.val, "test": s.test}
+
+
+def problem_files(cfg: DemoConfig, out: Path) -> dict[str, Path]:
+    from prefkit.worlds.arithmetic.problems import write_jsonl
+
+    return {name: write_jsonl(ps, out / "problems" / f"{name}.jsonl") for name, ps in demo_splits(cfg).items()}
 
 
 def evaluate(model_path: str | Path, data: Path, cfg: DemoConfig):
