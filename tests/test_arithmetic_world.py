@@ -161,11 +161,14 @@ def test_sft_stops_at_the_first_check_that_reaches_the_target(tmp_path):
                                                                          SFTConfig(**{**cfg.__dict__, "n_check": 50}))
     with pytest.raises(ValueError, match="target_val_accuracy"):
         SFTConfig(target_val_accuracy=1.5)
+    # a pinned thread count is part of the key (it changes the model); 0 leaves old keys as they were
+    assert cache_key(WorldConfig(), TinyModelConfig(), SFTConfig(threads=1)) != cache_key(WorldConfig(), TinyModelConfig(), off)
 
 
 def test_pretrain_checks_greedy_accuracy_on_validation_problems(tmp_path):
     sft = SFTConfig(steps=4, batch_size=4, n_train=40, tokenizer="char", warmup_steps=1, target_val_accuracy=0.99,
-                    check_from=2, check_every=2, n_check=3)
+                    check_from=2, check_every=2, n_check=3, threads=1)
+    before = torch.get_num_threads()
     path = pretrain(world=WorldConfig(max_ops=3), model_cfg=TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2,
                                                                            num_kv_heads=1, intermediate_size=64),
                     sft=sft, cache_root=tmp_path, verbose=False)
@@ -173,6 +176,7 @@ def test_pretrain_checks_greedy_accuracy_on_validation_problems(tmp_path):
     checks = [h for h in meta["history"] if "val_accuracy" in h]
     assert [h["step"] for h in checks] == [1, 3] and all(h["val_accuracy"] == 0.0 for h in checks)  # 4 steps: no skill
     assert meta["steps_trained"] == 4
+    assert meta["torch_threads"] == 1 and torch.get_num_threads() == before  # pinned while training, then restored
 
 
 @pytest.mark.parametrize("n_pref", [400, 2000])
