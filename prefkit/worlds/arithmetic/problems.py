@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 OPS = ("+", "-", "*", "/")
@@ -213,7 +213,3 @@ def write_jsonl(problems: list[Problem], path: str | Path) -> Path:
         for p in problems:
             f.write(json.dumps(p.to_row()) + "\n")
     return path
-
-
-def world_dict(cfg: WorldConfig) -> dict:
-    return asdict(cfg)
