@@ -130,13 +130,13 @@ def trl_rows(groups: list[TokenizedGroup]) -> list[dict]:
 
 
 def tokens_per_group(g: TokenizedGroup, layout: str) -> int:
-    """Non-pad tokens one group costs the policy forward under a layout (trl | naive | prefix)."""
+    """Non-pad tokens one group costs the policy forward under a layout (trl | naive | prefix | kv)."""
     P, comps = len(g.prompt_ids), [len(c) for c in g.completion_ids]
     if layout == "trl":
         return sum(2 * P + comps[a] + comps[b] for a, b in group_pairs(g))
     if layout == "naive":
         return sum(P + c for c in comps)
-    if layout == "prefix":
+    if layout in ("prefix", "kv"):  # kv: the prompt once, then the completions against its cache
         return P + sum(comps)
     raise ValueError(f"unknown layout {layout!r}")
 

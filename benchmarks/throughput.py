@@ -1,4 +1,4 @@
-"""Speed and memory of preference training: TRL's DPOTrainer against prefkit (naive and prefix-shared
+"""Speed and memory of preference training: TRL's DPOTrainer against prefkit (naive, prefix-shared and kv
 backends), same model, same data, same hyper-parameters, one process.
 
     python benchmarks/throughput.py --mode cpu              # ~21M-parameter Qwen2, float32, 1 thread
@@ -9,8 +9,9 @@ Shapes (benchmarks/shapes.py): step_dpo (prompt ~512, completions ~64), ultrafee
 ranked4 (4 completions of ~380 per prompt: prefkit's listwise loss with the prompt computed once, against TRL
 trained on all 6 pairs of every list). A sample is a pair (K = 2) or a list (ranked4).
 
-Variants: trl, prefkit-naive, prefkit-prefix, their precomputed-reference versions (trl-precomputed,
-prefkit-prefix-precomputed), and on CUDA prefkit-flex (prefix-shared through the FlexAttention prototype
+Variants: trl, prefkit-naive, prefkit-prefix, prefkit-kv (prompt once, completions against its KV cache:
+prefkit/models/logprobs_kv.py), the precomputed-reference versions (trl-precomputed, prefkit-prefix-precomputed,
+prefkit-kv-precomputed), and on CUDA prefkit-flex (prefix-shared through the FlexAttention prototype
 prefkit/models/logprobs_flex.py; FlexAttention has no CPU backward). Figures: median samples/s over the timed
 windows and its ratio to TRL (with the same kind of reference), tokens/s (non-pad tokens the policy
 processed), peak memory, first-step loss and its distance to TRL's, model TFLOP/s and on GPU the MFU
@@ -45,9 +46,9 @@ from benchmarks.runners import RunResult, RunSettings, run_prefkit, run_trl  # n
 from benchmarks.shapes import (SHAPES, build_models, linear_params, make_groups, mfu,  # noqa: E402
                                model_flops, MODEL_CONFIGS)
 
-CORE = ("trl", "prefkit-naive", "prefkit-prefix")
+CORE = ("trl", "prefkit-naive", "prefkit-prefix", "prefkit-kv")
 EXTRA = ("prefkit-prefix-pad64",)  # prefix-shared rows rounded up to a multiple of 64 tokens (only when asked for)
-PRECOMPUTED = ("trl-precomputed", "prefkit-prefix-precomputed")
+PRECOMPUTED = ("trl-precomputed", "prefkit-prefix-precomputed", "prefkit-kv-precomputed")
 LOSS_TOL = 1e-4
 
 MODES = {
@@ -64,7 +65,7 @@ def run_variant(variant: str, policy, ref, groups, shape, batch: int, s: RunSett
     try:
         if variant.startswith("trl"):
             return run_trl(policy, ref, groups, shape, batch, s, precompute=pre, tag=variant)
-        backend = "naive" if "naive" in variant else "prefix"
+        backend = "naive" if "naive" in variant else "kv" if "-kv" in variant else "prefix"
         return run_prefkit(policy, ref, groups, shape, batch, s, backend=backend, precompute=pre,
                            flex="flex" in variant, pad_to_multiple_of=64 if variant.endswith("-pad64") else None,
                            tag=variant)

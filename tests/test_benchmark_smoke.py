@@ -28,7 +28,9 @@ def test_prefkit_backends_agree_and_are_timed(models):
     groups = make_groups(shape, 2 * s.total_steps, vocab=512, seed=1)
     naive = run_prefkit(policy, ref, groups, shape, 2, s, backend="naive", precompute=False, tag="naive")
     prefix = run_prefkit(policy, ref, groups, shape, 2, s, backend="prefix", precompute=False, tag="prefix")
-    assert abs(naive.first_loss - prefix.first_loss) < 1e-5
+    kv = run_prefkit(policy, ref, groups, shape, 2, s, backend="kv", precompute=False, tag="kv")
+    assert abs(naive.first_loss - prefix.first_loss) < 1e-5 and abs(naive.first_loss - kv.first_loss) < 1e-5
+    assert kv.window_tokens == prefix.window_tokens
     assert abs(naive.first_loss - LN2) > 1e-3  # the reference differs from the policy: a real check
     for r in (naive, prefix):
         assert len(r.window_s) == 1 and r.window_s[0] > 0 and r.samples_per_s(2) > 0 and r.peak_bytes > 0
@@ -67,8 +69,9 @@ def test_ranked_lists_against_trl_on_all_pairs(models):
     groups = make_groups(shape, 2 * s.total_steps, vocab=512, seed=3)
     trl = run_trl(policy, ref, groups, shape, 2, s, precompute=False, tag="trl")  # 6 pairs per list
     prefix = run_prefkit(policy, ref, groups, shape, 2, s, backend="prefix", precompute=False, tag="prefix")
+    kv_pre = run_prefkit(policy, ref, groups, shape, 2, s, backend="kv", precompute=True, tag="kv-pre")
     assert abs(trl.first_loss - LN2) > 1e-3
-    assert abs(prefix.first_loss - trl.first_loss) < TOL
+    assert abs(prefix.first_loss - trl.first_loss) < TOL and abs(kv_pre.first_loss - trl.first_loss) < TOL
     g = groups[0]
     assert tokens_per_group(g, "trl") == 3 * tokens_per_group(g, "naive")  # each completion in 3 of 6 pairs
 

@@ -1,4 +1,4 @@
-"""collate_groups (vectorised) equals a plain per-token loop, key for key, for both layouts."""
+"""collate_groups (vectorised) equals a plain per-token loop, key for key, for every layout."""
 import pytest
 import torch
 
@@ -15,9 +15,17 @@ def collate_groups_loop(groups: list[TokenizedGroup], pad_id: int, backend: str 
     positions: list[list[int]] = []
     segments: list[list[int]] = []
     s_row, s_pos, s_tgt, s_slot = [], [], [], []
+    row_group = []
     for b, g in enumerate(groups):
         P = len(g.prompt_ids)
-        if backend == "naive":
+        if backend == "kv":
+            for k, comp in enumerate(g.completion_ids):
+                r = len(rows)
+                rows.append(list(comp)); positions.append(list(range(P, P + len(comp))))
+                segments.append([k + 1] * len(comp)); row_group.append(b)
+                for i, tok in enumerate(comp):
+                    s_row.append(r); s_pos.append(i); s_tgt.append(tok); s_slot.append(b * K + k)
+        elif backend == "naive":
             for k, comp in enumerate(g.completion_ids):
                 r = len(rows)
                 rows.append(g.prompt_ids + comp)
@@ -50,7 +58,7 @@ def collate_groups_loop(groups: list[TokenizedGroup], pad_id: int, backend: str 
     for b, g in enumerate(groups):
         mask[b, : len(g.completion_ids)] = True
         labels[b, : len(g.labels)] = torch.tensor(g.labels, dtype=torch.float32)
-    return {
+    out = {
         "input_ids": input_ids,  # (N, T)
         "position_ids": position_ids,  # (N, T)
         "segments": seg_t,  # (N, T)
@@ -63,8 +71,21 @@ def collate_groups_loop(groups: list[TokenizedGroup], pad_id: int, backend: str 
         "index": torch.tensor([g.index for g in groups], dtype=torch.long),  # (B,)
         "n_tokens": torch.tensor(int((seg_t >= 0).sum())),
         "is_prefix": backend == "prefix",  # plain Python values stay on the host: reading them never syncs a GPU
+        "layout": backend,
         "rows": [g.index for g in groups],
     }
+    if backend == "kv":
+        P = max(len(g.prompt_ids) for g in groups)
+        prompt_ids = torch.full((B, P), pad_id, dtype=torch.long)
+        prompt_mask = torch.zeros((B, P), dtype=torch.long)
+        for b, g in enumerate(groups):
+            prompt_ids[b, : len(g.prompt_ids)] = torch.tensor(g.prompt_ids)
+            prompt_mask[b, : len(g.prompt_ids)] = 1
+        kv_mask = torch.cat([prompt_mask[torch.tensor(row_group)], (seg_t >= 0).long()], dim=1)
+        out["n_tokens"] = out["n_tokens"] + sum(len(g.prompt_ids) for g in groups)
+        out.update(prompt_ids=prompt_ids, prompt_mask=prompt_mask, row_group=torch.tensor(row_group),
+                   prompt_last=torch.tensor([len(g.prompt_ids) - 1 for g in groups]), kv_attention_mask=kv_mask)
+    return out
 
 
 GROUPS = [
@@ -74,7 +95,7 @@ GROUPS = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["prefix", "naive"])
+@pytest.mark.parametrize("backend", ["prefix", "naive", "kv"])
 def test_vectorised_collate_equals_loop(backend):
     fast, slow = collate_groups(GROUPS, 0, backend), collate_groups_loop(GROUPS, 0, backend)
     assert fast.keys() == slow.keys()
@@ -101,7 +122,7 @@ def test_vectorised_collate_equals_loop_on_random_batches():
             groups.append(TokenizedGroup([rng.randrange(3, 50) for _ in range(rng.randint(1, 9))],
                                          [[rng.randrange(3, 50) for _ in range(rng.randint(1, 6))] for _ in range(k)],
                                          [float(rng.randint(0, 3)) for _ in range(k)], False, i))
-        for backend in ("prefix", "naive"):
+        for backend in BACKENDS:
             a, b = collate_groups(groups, 0, backend), collate_groups_loop(groups, 0, backend)
             assert a.keys() == b.keys()
             for key in a:

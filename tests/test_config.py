@@ -31,6 +31,15 @@ def test_bad_value_rejected_at_construction():
         load_run_config("configs/dpo_tiny.yaml", ["train.lr_scheduler=step"])
 
 
+def test_kv_backend_accepted_but_not_with_gradient_checkpointing():
+    _, cfg = load_run_config("configs/dpo_tiny.yaml", ["method.backend=kv"])
+    assert cfg.method.backend == "kv"
+    with pytest.raises(ConfigError, match="gradient_checkpointing"):
+        load_run_config("configs/dpo_tiny.yaml", ["method.backend=kv", "model.gradient_checkpointing=true"])
+    with pytest.raises(ConfigError, match="prefix, naive or kv"):
+        load_run_config("configs/dpo_tiny.yaml", ["method.backend=flash"])
+
+
 def test_missing_section_and_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_run_config(str(tmp_path / "nope.yaml"), [])

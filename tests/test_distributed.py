@@ -15,12 +15,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_two_ranks_train_consistently(tmp_path):
+@pytest.mark.parametrize("backend,port", [("prefix", 29531), ("kv", 29533)])
+def test_two_ranks_train_consistently(tmp_path, backend, port):
+    """Both ranks finish; the kv backend calls the policy twice per forward (prompts, then completions) under DDP."""
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).parent / "torchrun"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29531", "-m", "prefkit.cli", "train",
-                        "configs/dpo_tiny.yaml", f"train.output_dir={out}", "train.num_epochs=1", "train.progress_bar=false"],
+    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), "-m", "prefkit.cli",
+                        "train", "configs/dpo_tiny.yaml", f"method.backend={backend}", f"train.output_dir={out}", "train.num_epochs=1", "train.progress_bar=false"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("done: 4 steps") == 2  # both ranks finished, 64 rows / (2 ranks x 8) = 4 steps

@@ -43,10 +43,11 @@ def _full_forward(model, groups, K):
 def test_backends_agree_values_and_gradients(kind, groups):
     model = tiny_causal_lm(kind, vocab_size=64)
     naive, g_naive = _run(model, groups, "naive")
-    prefix, g_prefix = _run(model, groups, "prefix")
-    assert torch.equal(naive.mask, prefix.mask) and torch.equal(naive.n_tokens, prefix.n_tokens)
-    assert torch.allclose(naive.logps, prefix.logps, atol=1e-5)
-    assert torch.allclose(g_naive, g_prefix, atol=1e-5)
+    for backend in ("prefix", "kv"):
+        other, g_other = _run(model, groups, backend)
+        assert torch.equal(naive.mask, other.mask) and torch.equal(naive.n_tokens, other.n_tokens), backend
+        assert torch.allclose(naive.logps, other.logps, atol=1e-5), backend
+        assert torch.allclose(g_naive, g_other, atol=1e-5), backend
     full = _full_forward(model, groups, naive.logps.shape[1])
     assert torch.allclose(naive.logps.detach(), full, atol=1e-5)
 
@@ -67,7 +68,7 @@ def test_prefix_layout_positions_restart_after_prompt():
     assert batch["segments"][0].tolist() == [0, 0, 0, 0, 1, 1, 2, 2, 2]
 
 
-@pytest.mark.parametrize("backend", ["prefix", "naive"])
+@pytest.mark.parametrize("backend", ["prefix", "naive", "kv"])
 def test_pad_to_multiple_of_changes_shapes_not_logps(backend):
     """Rounding the row length up (GPU alignment / fewer distinct shapes) adds only masked, unscored padding."""
     torch.manual_seed(0)
@@ -80,3 +81,52 @@ def test_pad_to_multiple_of_changes_shapes_not_logps(backend):
         a, b = completion_logps(model, plain).logps, completion_logps(model, padded).logps
     assert torch.count_nonzero(a) > 0
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_kv_layout_prompt_once_completion_rows():
+    """kv: one prompt row per group, one row per real completion, scored from position 0 (the prompt's last
+    hidden state) onwards; each completion's positions continue after its own prompt."""
+    batch = collate_groups(RANKED, 0, "kv")
+    assert batch["prompt_ids"].tolist() == [[1, 5, 6, 7], [3, 4, 0, 0]]
+    assert batch["prompt_last"].tolist() == [3, 1]
+    assert batch["row_group"].tolist() == [0, 0, 0, 0, 1, 1, 1]  # the masked 4th slot of group 1 has no row
+    assert batch["input_ids"].shape == (7, 4)
+    assert batch["position_ids"][4].tolist() == [2, 3, 4, 5]  # prompt of group 1 has 2 tokens
+    assert batch["kv_attention_mask"][5].tolist() == [1, 1, 0, 0, 1, 0, 0, 0]  # prompt [3, 4], completion [24]
+    assert batch["score_pos"][:2].tolist() == [0, 1] and batch["score_row"][:2].tolist() == [0, 0]
+    assert int(batch["n_tokens"]) == 4 + 2 + 10 + 7
+
+
+def test_kv_backend_refuses_gradient_checkpointing():
+    model = tiny_causal_lm("qwen2", vocab_size=64)
+    model.gradient_checkpointing_enable()
+    model.train()
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        completion_logps(model, collate_groups(GROUPS, 0, "kv"))
+    with torch.no_grad():  # the reference pass (no gradients) is fine
+        assert torch.isfinite(completion_logps(model, collate_groups(GROUPS, 0, "kv")).logps).all()
+
+
+def test_kv_backend_with_lora_policy_and_adapter_reference():
+    """A peft LoRA policy: the kv backend gives the prefix backend's log-probs and adapter gradients, and the
+    adapter-disabled reference (the same model under `disable_adapter`) works through the cache too."""
+    from prefkit.models.loading import LoraSettings, ModelConfig, prepare_policy
+    from prefkit.train.reference import AdapterDisabledReference
+
+    policy = prepare_policy(tiny_causal_lm("llama", vocab_size=64),
+                            ModelConfig(name_or_path="x", lora=LoraSettings(r=4, alpha=8, target_modules=["q_proj", "v_proj"])))
+    with torch.no_grad():
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    runs = {}
+    for backend in ("prefix", "kv"):
+        policy.zero_grad()
+        batch = collate_groups(RANKED, 0, backend)
+        out = completion_logps(policy, batch)
+        out.logps.sum().backward()
+        grads = torch.cat([p.grad.flatten() for n, p in policy.named_parameters() if "lora_" in n])
+        runs[backend] = (out.logps.detach(), grads, AdapterDisabledReference().logps(policy, batch))
+    assert torch.count_nonzero(runs["kv"][1]) > 0
+    for a, b in zip(runs["prefix"], runs["kv"]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

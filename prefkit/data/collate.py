@@ -8,6 +8,11 @@ shared: for every scored token m, `score_row[m]` and `score_pos[m]` say which lo
 - prefix: one row per group: prompt + completion_1 + ... + completion_K, right padded; `segments` holds
           0 for prompt tokens, k+1 for completion k and -1 for padding, and positions restart at the end of
           the prompt for each completion. The backend turns segments into a block attention mask.
+- kv:     the prompt once per group (`prompt_ids`, (B, P), right padded) and one row per completion
+          (`input_ids`, (N, L)), which attends to its group's prompt keys/values (`row_group`) through the
+          model's KV cache; `kv_attention_mask` (N, P + L) is the padding mask over prompt + completion.
+          A completion's first token is scored at position 0 of its row (the backend puts the prompt's last
+          hidden state there), token i at position i.
 Groups with fewer than K completions have `mask[b, k] = False` for the missing slots.
 
 The work is done per completion with numpy, not per token in Python (5x faster at batch 32,
@@ -22,7 +27,7 @@ import torch
 
 from prefkit.data.examples import TokenizedGroup
 
-BACKENDS = ("prefix", "naive")
+BACKENDS = ("prefix", "naive", "kv")
 
 
 def collate_groups(groups: list[TokenizedGroup], pad_id: int, backend: str = "prefix",
@@ -34,6 +39,7 @@ def collate_groups(groups: list[TokenizedGroup], pad_id: int, backend: str = "pr
     B = len(groups)
     K = max(len(g.completion_ids) for g in groups)
     rows, pos, seg = [], [], []
+    prompts, row_group = [], []  # kv layout only
     s_row, s_pos, s_tgt, s_slot = [], [], [], []
     for b, g in enumerate(groups):
         P = len(g.prompt_ids)
@@ -52,6 +58,16 @@ def collate_groups(groups: list[TokenizedGroup], pad_id: int, backend: str = "pr
                 seg.append(np.concatenate([np.zeros(P, np.int64), np.full(L, k + 1)]))
             s_row.append(r0 + ks)
             s_pos.append(P - 1 + within)
+        elif backend == "kv":
+            r0 = len(rows)
+            prompts.append(prompt)
+            for k, L in enumerate(lens.tolist()):
+                rows.append(flat[ks == k])
+                pos.append(P + np.arange(L))
+                seg.append(np.full(L, k + 1))
+                row_group.append(b)
+            s_row.append(r0 + ks)
+            s_pos.append(within)  # position 0 holds the prompt's last hidden state
         else:
             rows.append(np.concatenate([prompt, flat]))
             pos.append(np.concatenate([np.arange(P), P + within]))
@@ -60,9 +76,8 @@ def collate_groups(groups: list[TokenizedGroup], pad_id: int, backend: str = "pr
             p = P - 1 + np.arange(flat.size)  # start + i - 1 in the shared row
             p[within == 0] = P - 1  # the first token of every completion is predicted by the prompt's last
             s_pos.append(p)
-    T = max(r.size for r in rows)
-    if pad_to_multiple_of:
-        T = -(-T // pad_to_multiple_of) * pad_to_multiple_of
+    round_up = (lambda n: -(-n // pad_to_multiple_of) * pad_to_multiple_of) if pad_to_multiple_of else (lambda n: n)
+    T = round_up(max(r.size for r in rows))
     N = len(rows)
     input_ids = np.full((N, T), pad_id, dtype=np.int64)
     position_ids = np.zeros((N, T), dtype=np.int64)
@@ -76,7 +91,8 @@ def collate_groups(groups: list[TokenizedGroup], pad_id: int, backend: str = "pr
         mask[b, : len(g.completion_ids)] = True
         labels[b, : len(g.labels)] = torch.tensor(g.labels, dtype=torch.float32)
     cat = lambda xs: torch.from_numpy(np.concatenate(xs).astype(np.int64))  # noqa: E731
-    return {
+    n_tokens = int((seg_t >= 0).sum()) + sum(p.size for p in prompts)
+    out = {
         "input_ids": torch.from_numpy(input_ids),  # (N, T)
         "position_ids": torch.from_numpy(position_ids),  # (N, T)
         "segments": torch.from_numpy(seg_t),  # (N, T)
@@ -87,9 +103,33 @@ def collate_groups(groups: list[TokenizedGroup], pad_id: int, backend: str = "pr
         "mask": mask,  # (B, K)
         "labels": labels,  # (B, K)
         "index": torch.tensor([g.index for g in groups], dtype=torch.long),  # (B,)
-        "n_tokens": torch.tensor(int((seg_t >= 0).sum())),
-        "is_prefix": backend == "prefix",  # host-side values, as in prefkit.data.collate
+        "n_tokens": torch.tensor(n_tokens),
+        "is_prefix": backend == "prefix",  # host-side values
+        "layout": backend,
         "rows": [g.index for g in groups],
+    }
+    if backend == "kv":
+        out.update(_prompt_tensors(prompts, row_group, seg_t >= 0, pad_id, round_up))
+    return out
+
+
+def _prompt_tensors(prompts: list[np.ndarray], row_group: list[int], comp_mask: np.ndarray, pad_id: int,
+                    round_up) -> dict[str, torch.Tensor]:
+    """The kv layout's prompt batch, and each completion row's padding mask over its prompt + itself."""
+    P = round_up(max(p.size for p in prompts))
+    B = len(prompts)
+    prompt_ids = np.full((B, P), pad_id, dtype=np.int64)
+    prompt_mask = np.zeros((B, P), dtype=np.int64)
+    for b, p in enumerate(prompts):
+        prompt_ids[b, : p.size], prompt_mask[b, : p.size] = p, 1
+    groups = np.asarray(row_group, dtype=np.int64)
+    kv_mask = np.concatenate([prompt_mask[groups], comp_mask.astype(np.int64)], axis=1)
+    return {
+        "prompt_ids": torch.from_numpy(prompt_ids),  # (B, P)
+        "prompt_mask": torch.from_numpy(prompt_mask),  # (B, P)
+        "prompt_last": torch.tensor([p.size - 1 for p in prompts], dtype=torch.long),  # (B,)
+        "row_group": torch.from_numpy(groups),  # (N,)
+        "kv_attention_mask": torch.from_numpy(kv_mask),  # (N, P + T)
     }
 
 

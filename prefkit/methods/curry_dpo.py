@@ -69,6 +69,7 @@ class CurryRunConfig(LMRunConfig):
     method: CurryMethodConfig = field(default_factory=CurryMethodConfig)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.data.format == "curry_dpo":
             if self.method.n_stages != 3 or self.method.pairing != "best_vs_rest":
                 raise ValueError("data.format curry_dpo: the file holds 3 levels of best-vs-rest pairs; "

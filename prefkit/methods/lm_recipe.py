@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
+from prefkit.data.collate import BACKENDS
 from prefkit.data.errors import DataError, LoadReport, RowHandler
 from prefkit.data.tokenize import TokenizeSettings, tokenize_example
 from prefkit.methods.lm_module import LMPreferenceModule
@@ -18,7 +19,6 @@ from prefkit.train.loop import Trainer, TrainResult
 from prefkit.train.reference import make_reference, precompute_reference
 
 REFERENCES = ("copy", "adapter", "precomputed")
-BACKENDS = ("prefix", "naive")
 
 
 @dataclass
@@ -58,7 +58,7 @@ class LMMethodConfig:
     name: str = ""
     beta: float = 0.1
     reference: str = "copy"  # copy | adapter (LoRA) | precomputed
-    backend: str = "prefix"  # prefix-shared (prompt once) | naive
+    backend: str = "prefix"  # prefix-shared (prompt once) | naive | kv (prompt once, completions read its KV cache)
     pad_to_multiple_of: int | None = None  # round row lengths up (GPU: aligned, fewer distinct shapes)
     reference_cache_dir: str = "runs/cache/reference"
 
@@ -68,7 +68,7 @@ class LMMethodConfig:
         if self.reference not in REFERENCES:
             raise ValueError(f"method.reference: {self.reference!r} is not copy, adapter or precomputed")
         if self.backend not in BACKENDS:
-            raise ValueError(f"method.backend: {self.backend!r} is not prefix or naive")
+            raise ValueError(f"method.backend: {self.backend!r} is not prefix, naive or kv")
         if self.beta <= 0:
             raise ValueError(f"method.beta: must be > 0, got {self.beta}")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
@@ -83,6 +83,11 @@ class LMRunConfig:
     data: LMDataConfig
     method: LMMethodConfig
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.method.backend == "kv" and self.model.gradient_checkpointing:
+            raise ValueError("method.backend: 'kv' needs the KV cache, which model.gradient_checkpointing turns off; "
+                             "use backend 'prefix' or 'naive' with gradient checkpointing")
 
 
 def tokenize_all(examples, tokenizer, settings: TokenizeSettings, report: LoadReport, skip_invalid: bool):

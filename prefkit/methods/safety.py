@@ -32,7 +32,7 @@ class EgidaMethodConfig:
     loss_kind: str = "sigmoid"  # sigmoid | ipo | hinge
     label_smoothing: float = 0.0
     reference: str = "copy"  # copy | adapter | precomputed
-    backend: str = "prefix"  # prefix | naive
+    backend: str = "prefix"  # prefix | naive | kv
     max_length: int = 256
     max_prompt_length: int | None = None
     nll_alpha: float = 0.0  # > 0: add alpha * NLL of the chosen answer (RPO; the DPO recipe's rpo_alpha); 0 = plain DPO

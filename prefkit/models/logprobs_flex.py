@@ -108,7 +108,7 @@ def _pad_to(batch: dict, multiple: int) -> dict:
     return out
 
 
-def flex_completion_logps(model, batch: dict, chunk_size: int = 4096, pad_multiple: int | None = None) -> LogProbOutput:
+def flex_completion_logps(model, batch: dict, chunk_size: int = 1024, pad_multiple: int | None = None) -> LogProbOutput:
     """`completion_logps` for a prefix-layout batch, attention through a BlockMask. Also accepts naive
     batches (their segments give the plain causal + padding rule)."""
     base = _unwrap(model)
