@@ -78,13 +78,16 @@ def collate_groups_loop(groups: list[TokenizedGroup], pad_id: int, backend: str 
         P = max(len(g.prompt_ids) for g in groups)
         prompt_ids = torch.full((B, P), pad_id, dtype=torch.long)
         prompt_mask = torch.zeros((B, P), dtype=torch.long)
-        for b, g in enumerate(groups):
-            prompt_ids[b, : len(g.prompt_ids)] = torch.tensor(g.prompt_ids)
-            prompt_mask[b, : len(g.prompt_ids)] = 1
+        positions = torch.zeros((B, P), dtype=torch.long)
+        for b, g in enumerate(groups):  # left padded
+            n = len(g.prompt_ids)
+            prompt_ids[b, P - n :] = torch.tensor(g.prompt_ids)
+            prompt_mask[b, P - n :] = 1
+            positions[b, P - n :] = torch.arange(n)
         kv_mask = torch.cat([prompt_mask[torch.tensor(row_group)], (seg_t >= 0).long()], dim=1)
         out["n_tokens"] = out["n_tokens"] + sum(len(g.prompt_ids) for g in groups)
         out.update(prompt_ids=prompt_ids, prompt_mask=prompt_mask, row_group=torch.tensor(row_group),
-                   prompt_last=torch.tensor([len(g.prompt_ids) - 1 for g in groups]), kv_attention_mask=kv_mask)
+                   prompt_positions=positions, kv_attention_mask=kv_mask)
     return out
 
 

@@ -84,15 +84,15 @@ def test_pad_to_multiple_of_changes_shapes_not_logps(backend):
 
 
 def test_kv_layout_prompt_once_completion_rows():
-    """kv: one prompt row per group, one row per real completion, scored from position 0 (the prompt's last
-    hidden state) onwards; each completion's positions continue after its own prompt."""
+    """kv: one prompt row per group (left padded), one row per real completion, scored from position 0 (the
+    prompt's last hidden state) onwards; each completion's positions continue after its own prompt."""
     batch = collate_groups(RANKED, 0, "kv")
-    assert batch["prompt_ids"].tolist() == [[1, 5, 6, 7], [3, 4, 0, 0]]
-    assert batch["prompt_last"].tolist() == [3, 1]
+    assert batch["prompt_ids"].tolist() == [[1, 5, 6, 7], [0, 0, 3, 4]]  # left padded: all prompts end together
+    assert batch["prompt_positions"].tolist() == [[0, 1, 2, 3], [0, 0, 0, 1]]
     assert batch["row_group"].tolist() == [0, 0, 0, 0, 1, 1, 1]  # the masked 4th slot of group 1 has no row
     assert batch["input_ids"].shape == (7, 4)
     assert batch["position_ids"][4].tolist() == [2, 3, 4, 5]  # prompt of group 1 has 2 tokens
-    assert batch["kv_attention_mask"][5].tolist() == [1, 1, 0, 0, 1, 0, 0, 0]  # prompt [3, 4], completion [24]
+    assert batch["kv_attention_mask"][5].tolist() == [0, 0, 1, 1, 1, 0, 0, 0]  # prompt [3, 4], completion [24]
     assert batch["score_pos"][:2].tolist() == [0, 1] and batch["score_row"][:2].tolist() == [0, 0]
     assert int(batch["n_tokens"]) == 4 + 2 + 10 + 7
 
@@ -130,3 +130,41 @@ def test_kv_backend_with_lora_policy_and_adapter_reference():
     assert torch.count_nonzero(runs["kv"][1]) > 0
     for a, b in zip(runs["prefix"], runs["kv"]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def _sliding_model(kind: str):
+    """Tiny models whose sliding window (4) is shorter than the test rows, so the window matters."""
+    import transformers as T
+
+    common = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256)
+    cfg, cls = {
+        "mistral": (lambda: T.MistralConfig(**common, sliding_window=4), T.MistralForCausalLM),  # every layer slides
+        "qwen2": (lambda: T.Qwen2Config(**common, use_sliding_window=True, sliding_window=4, max_window_layers=1),
+                  T.Qwen2ForCausalLM),  # one sliding layer, one full
+        "gemma3": (lambda: T.Gemma3TextConfig(**common, head_dim=8, sliding_window=4), T.Gemma3ForCausalLM),
+    }[kind]
+    cfg = cfg()
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    return cls(cfg).float()
+
+
+SLIDING_GROUPS = [
+    TokenizedGroup(list(range(1, 13)), [[20, 21, 22, 23, 24, 25], [26, 27]], [1, 0], index=0),
+    TokenizedGroup([3, 4, 5], [[30, 31, 32, 33, 34, 35, 36, 37, 38], [39], [40, 41]], [2, 1, 0], index=1),
+]
+
+
+@pytest.mark.parametrize("kind", ["mistral", "qwen2", "gemma3"])
+def test_sliding_window_models_all_backends_agree(kind):
+    """The prefix layout's block mask must also apply the sliding window (per layer type), and the kv layout's
+    cache must see keys at their true distance: all three backends equal the naive one (values, gradients)."""
+    model = _sliding_model(kind)
+    naive, g_naive = _run(model, SLIDING_GROUPS, "naive")
+    full = _full_forward(model, SLIDING_GROUPS, naive.logps.shape[1])
+    assert torch.allclose(naive.logps.detach(), full, atol=1e-5)
+    for backend in ("prefix", "kv"):
+        other, g_other = _run(model, SLIDING_GROUPS, backend)
+        torch.testing.assert_close(other.logps, naive.logps, atol=2e-5, rtol=0, msg=backend)
+        torch.testing.assert_close(g_other, g_naive, atol=2e-5, rtol=0, msg=backend)

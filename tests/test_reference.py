@@ -64,3 +64,17 @@ def test_precomputed_matches_copy_and_is_cached(tmp_path):
     assert len(files) == 1
     again = precompute_reference(policy, GROUPS, 0, tmp_path)  # loaded from disk
     assert again.table == pre.table
+
+
+def test_precomputed_cache_key_names_the_sliding_window(tmp_path):
+    """Sliding-window models get their own cache key: files written before the prefix layout applied the window
+    (their log-probs were wrong) are not reused; models without a window keep their old keys."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    cfg = MistralConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, sliding_window=4)
+    torch.manual_seed(0)
+    precompute_reference(MistralForCausalLM(cfg), GROUPS, 0, tmp_path / "sw")
+    precompute_reference(tiny_causal_lm("qwen2", vocab_size=32), GROUPS, 0, tmp_path / "full")
+    assert [p.name.startswith("ref-sw4-") for p in (tmp_path / "sw").glob("ref-*")] == [True]
+    assert [p.name.startswith("ref-sw") for p in (tmp_path / "full").glob("ref-*")] == [False]

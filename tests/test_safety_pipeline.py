@@ -127,3 +127,13 @@ def test_cli_with_a_real_tiny_model(tmp_path, capsys):
     saved = json.loads((tmp_path / "o" / "split.json").read_text())
     assert len(saved["heldout_topics"]) == 1 and len(saved["heldout_styles"]) == 1
     assert "| ASR overall |" in capsys.readouterr().out
+
+
+def test_egida_config_errors_name_its_own_keys():
+    """Egida validates through DPO's config, but a bad nll_alpha is reported under its own name."""
+    from prefkit.methods.safety import EgidaMethodConfig
+
+    with pytest.raises(ValueError, match=r"method\.nll_alpha: must be >= 0"):
+        EgidaMethodConfig(nll_alpha=-1.0)
+    with pytest.raises(ValueError, match="prefix, naive or kv"):
+        EgidaMethodConfig(backend="flash")

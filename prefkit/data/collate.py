@@ -8,7 +8,8 @@ shared: for every scored token m, `score_row[m]` and `score_pos[m]` say which lo
 - prefix: one row per group: prompt + completion_1 + ... + completion_K, right padded; `segments` holds
           0 for prompt tokens, k+1 for completion k and -1 for padding, and positions restart at the end of
           the prompt for each completion. The backend turns segments into a block attention mask.
-- kv:     the prompt once per group (`prompt_ids`, (B, P), right padded) and one row per completion
+- kv:     the prompt once per group (`prompt_ids`, (B, P), LEFT padded, so that a key's distance in the cache
+          equals its distance in positions, as sliding-window layers need) and one row per completion
           (`input_ids`, (N, L)), which attends to its group's prompt keys/values (`row_group`) through the
           model's KV cache; `kv_attention_mask` (N, P + L) is the padding mask over prompt + completion.
           A completion's first token is scored at position 0 of its row (the backend puts the prompt's last
@@ -121,13 +122,13 @@ def _prompt_tensors(prompts: list[np.ndarray], row_group: list[int], comp_mask: 
     prompt_ids = np.full((B, P), pad_id, dtype=np.int64)
     prompt_mask = np.zeros((B, P), dtype=np.int64)
     for b, p in enumerate(prompts):
-        prompt_ids[b, : p.size], prompt_mask[b, : p.size] = p, 1
+        prompt_ids[b, P - p.size :], prompt_mask[b, P - p.size :] = p, 1
     groups = np.asarray(row_group, dtype=np.int64)
     kv_mask = np.concatenate([prompt_mask[groups], comp_mask.astype(np.int64)], axis=1)
     return {
         "prompt_ids": torch.from_numpy(prompt_ids),  # (B, P)
         "prompt_mask": torch.from_numpy(prompt_mask),  # (B, P)
-        "prompt_last": torch.tensor([p.size - 1 for p in prompts], dtype=torch.long),  # (B,)
+        "prompt_positions": torch.from_numpy(np.maximum(np.cumsum(prompt_mask, axis=1) - 1, 0)),  # (B, P)
         "row_group": torch.from_numpy(groups),  # (N,)
         "kv_attention_mask": torch.from_numpy(kv_mask),  # (N, P + T)
     }

@@ -41,6 +41,8 @@ class EgidaMethodConfig:
     def __post_init__(self):
         if self.name != "egida":
             raise ValueError(f"method.name: {self.name!r}; this recipe is 'egida'")
+        if self.nll_alpha < 0:  # checked here so that the message names this recipe's key, not rpo_alpha
+            raise ValueError(f"method.nll_alpha: must be >= 0, got {self.nll_alpha}")
         dpo.MethodConfig(beta=self.beta, loss_kind=self.loss_kind, label_smoothing=self.label_smoothing,
                          reference=self.reference, backend=self.backend, rpo_alpha=self.nll_alpha)  # DPO's checks
 

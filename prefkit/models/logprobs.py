@@ -33,18 +33,44 @@ def _unwrap(model):
     return m
 
 
-def block_attention_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def block_attention_mask(segments: torch.Tensor, dtype: torch.dtype, positions: torch.Tensor | None = None,
+                         window: int | None = None) -> torch.Tensor:
     """Additive 4D mask (N, 1, T, T) from segment ids: causal, prompt visible to all, completions only to
-    themselves; padding attends to itself only (keeps softmax finite)."""
+    themselves; padding attends to itself only (keeps softmax finite). With `window` (a sliding-window layer),
+    a query also sees only keys whose position is less than `window` behind its own, as transformers' sliding
+    masks do (key > query - window), measured in `positions`: a completion's positions continue its prompt's."""
     T = segments.shape[1]
     idx = torch.arange(T, device=segments.device)
     causal = idx[None, :, None] >= idx[None, None, :]  # (1, T, T) query >= key
     q, k = segments[:, :, None], segments[:, None, :]  # (N, T, 1), (N, 1, T)
     allowed = causal & ((k == 0) | (k == q)) & (q >= 0) & (k >= 0)
+    if window is not None:
+        allowed = allowed & (positions[:, :, None] - positions[:, None, :] < window)  # (N, T, T)
     allowed = allowed | torch.eye(T, dtype=torch.bool, device=segments.device)[None]
     out = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
     out.masked_fill_(~allowed, torch.finfo(dtype).min)
     return out[:, None]  # (N, 1, T, T)
+
+
+def sliding_window(config) -> tuple[int | None, bool]:
+    """(window, mixed): the sliding window of the model's sliding-attention layers (None if it has none), and
+    whether other layers attend fully (Gemma 2/3, Qwen2 with max_window_layers) rather than all sliding (Mistral)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window, types = getattr(config, "sliding_window", None), getattr(config, "layer_types", None)
+    if not window or (types is not None and "sliding_attention" not in types):
+        return None, False
+    return window, types is not None and any(t != "sliding_attention" for t in types)
+
+
+def prefix_attention_mask(config, batch: dict, dtype: torch.dtype):
+    """The prefix layout's block mask; for models with sliding-window layers also the windowed one, as the
+    {layer type: mask} dict that transformers' decoders accept (one windowed mask where every layer slides)."""
+    full = block_attention_mask(batch["segments"], dtype)
+    window, mixed = sliding_window(config)
+    if window is None:
+        return full
+    windowed = block_attention_mask(batch["segments"], dtype, batch["position_ids"], window)
+    return {"full_attention": full, "sliding_attention": windowed} if mixed else windowed
 
 
 def hidden_states(model, batch: dict) -> torch.Tensor:
@@ -54,7 +80,7 @@ def hidden_states(model, batch: dict) -> torch.Tensor:
     seg = batch["segments"]
     if batch["is_prefix"]:
         dtype = next(p for p in base.parameters()).dtype
-        attn = block_attention_mask(seg, dtype if dtype.is_floating_point else torch.float32)
+        attn = prefix_attention_mask(base.config, batch, dtype if dtype.is_floating_point else torch.float32)
     else:
         attn = (seg >= 0).long()  # (N, T) ordinary padding mask
     out = decoder(input_ids=batch["input_ids"], attention_mask=attn, position_ids=batch["position_ids"], use_cache=False)

@@ -26,7 +26,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from prefkit.models.logprobs import LogProbOutput, _unwrap, logps_from_hidden
+from prefkit.models.logprobs import LogProbOutput, _unwrap, logps_from_hidden, sliding_window
 
 ATTN_NAME = "prefkit_flex"
 _COMPILED = {}
@@ -116,6 +116,9 @@ def flex_completion_logps(model, batch: dict, chunk_size: int = 1024, pad_multip
     if impl != ATTN_NAME:
         raise ValueError(f"flex_completion_logps: the model's attn_implementation is {impl!r}; load it with "
                          f"attn_implementation={ATTN_NAME!r} after prefkit.models.logprobs_flex.register()")
+    if sliding_window(base.config)[0] is not None:
+        raise ValueError("flex_completion_logps: the prototype's mask has no sliding window; this model has "
+                         "sliding-window layers (use the prefix or kv backend)")
     if pad_multiple is None:
         pad_multiple = 128 if batch["input_ids"].is_cuda else 1
     b = _pad_to(batch, pad_multiple)

@@ -5,7 +5,7 @@ is computed over the whole (P + K L)^2 square although completions never see eac
 work of K separate rows on ranked lists of 4), and the arbitrary mask rules out the fastest SDPA kernels.
 Here the same computation is done in two ordinary calls of the model, through the Hugging Face KV cache:
 
-    1. the prompts (B, P), right padded, with the cache on: hidden states and every layer's keys/values;
+    1. the prompts (B, P), left padded, with the cache on: hidden states and every layer's keys/values;
     2. the completions (N, L), one row per completion, with the cache gathered to their group
        (`row_group`) and a plain padding mask over prompt + completion (N, P + L).
 
@@ -13,7 +13,9 @@ Every linear layer sees each prompt token once (as in the prefix layout), attent
 rows cost minus the prompt's own square, and both calls use the standard causal/padding masks that every
 attention kernel of transformers supports. Gradients flow into the prompt through the cached keys/values
 (they stay in the autograd graph), so the policy is trained exactly as with the other layouts: the test
-suite checks values and gradients against the naive backend to 1e-5 in float32.
+suite checks values and gradients against the naive backend to 1e-5 in float32. Prompts are left padded, so
+every prompt ends where the completions start and a key's distance in the cache is its distance in positions;
+sliding-window layers (Mistral, Gemma 2/3, Qwen2) measure their window that way (tested on those models too).
 
 Not with gradient checkpointing: transformers switches the cache off while checkpointing, and then the
 completions would not see their prompt, so `kv_hidden_states` refuses it.
@@ -52,10 +54,9 @@ def kv_hidden_states(model, batch: dict) -> torch.Tensor:
                          "gradient checkpointing; use backend 'prefix' or 'naive' with gradient checkpointing")
     name = _cache_kwarg(decoder)
     cache = _new_cache(base.config)
-    prompt_ids = batch["prompt_ids"]  # (B, P)
+    prompt_ids = batch["prompt_ids"]  # (B, P), left padded: every prompt ends at P - 1
     P = prompt_ids.shape[1]
-    positions = torch.arange(P, device=prompt_ids.device).expand_as(prompt_ids)
-    out = decoder(input_ids=prompt_ids, attention_mask=batch["prompt_mask"], position_ids=positions,
+    out = decoder(input_ids=prompt_ids, attention_mask=batch["prompt_mask"], position_ids=batch["prompt_positions"],
                   use_cache=True, **{name: cache})
     h_prompt = out[0]  # (B, P, H)
     if cache.get_seq_length() != P:  # a model that ignored the cache would silently drop the prompt
@@ -66,5 +67,4 @@ def kv_hidden_states(model, batch: dict) -> torch.Tensor:
     out = decoder(input_ids=batch["input_ids"], attention_mask=batch["kv_attention_mask"],
                   position_ids=batch["position_ids"], use_cache=True, **{name: cache})
     h_comp = out[0]  # (N, L, H)
-    last = h_prompt[torch.arange(h_prompt.shape[0], device=h_prompt.device), batch["prompt_last"]]  # (B, H)
-    return torch.cat([last[groups][:, None], h_comp], dim=1)  # (N, 1 + L, H)
+    return torch.cat([h_prompt[groups, -1:], h_comp], dim=1)  # (N, 1 + L, H)

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from prefkit.data.collate import collate_groups, to_device
 from prefkit.data.examples import TokenizedGroup
 from prefkit.models.loading import is_peft
-from prefkit.models.logprobs import completion_logps
+from prefkit.models.logprobs import _unwrap, completion_logps, sliding_window
 
 REFERENCE_KINDS = ("copy", "adapter", "precomputed")
 
@@ -140,7 +140,9 @@ def fingerprint_groups(groups: list[TokenizedGroup]) -> str:
 def precompute_reference(model, groups: list[TokenizedGroup], pad_id: int, cache_dir: str | Path,
                          batch_size: int = 8, backend: str = "prefix") -> PrecomputedReference:
     """Compute (or load from `cache_dir`) reference log-probs for every group; keyed by fingerprints."""
-    key = f"ref-{fingerprint_model(model)}-{fingerprint_groups(groups)}"
+    window, _ = sliding_window(_unwrap(model).config)  # a new key: caches written before the prefix layout
+    sw = f"sw{window}-" if window else ""               # masked sliding windows (session 4) are not reused
+    key = f"ref-{sw}{fingerprint_model(model)}-{fingerprint_groups(groups)}"
     path = Path(cache_dir) / f"{key}.safetensors"
     if path.exists():
         t = load_file(str(path))
