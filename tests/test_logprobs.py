@@ -168,3 +168,17 @@ def test_sliding_window_models_all_backends_agree(kind):
         other, g_other = _run(model, SLIDING_GROUPS, backend)
         torch.testing.assert_close(other.logps, naive.logps, atol=2e-5, rtol=0, msg=backend)
         torch.testing.assert_close(g_other, g_naive, atol=2e-5, rtol=0, msg=backend)
+
+
+def test_kv_backend_without_any_padding():
+    """Equal prompt and completion lengths: no padding anywhere, so transformers may drop the mask and use SDPA's
+    `is_causal`, which aligns top-left; the completions (query length L, key length P + L) must still see
+    their whole prompt."""
+    groups = [TokenizedGroup([1, 2, 3, 4], [[5, 6, 7], [8, 9, 10]], [1, 0], index=0),
+              TokenizedGroup([11, 12, 13, 14], [[15, 16, 17], [18, 19, 20]], [1, 0], index=1)]
+    batch = collate_groups(groups, 0, "kv")
+    assert bool(batch["kv_attention_mask"].all())
+    model = tiny_causal_lm("qwen2", vocab_size=64)
+    with torch.no_grad():
+        naive, kv = completion_logps(model, collate_groups(groups, 0, "naive")), completion_logps(model, batch)
+    torch.testing.assert_close(kv.logps, naive.logps, atol=1e-5, rtol=0)

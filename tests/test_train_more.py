@@ -82,6 +82,7 @@ def test_train_more_lengths_seeds_and_save_flag(tmp_path):
     r = trainer.train_more(_data(3, n=4), steps=3, seed=7, save=False)
     assert r.global_step == 11 and trainer.sampler.seed == 7
     assert int(next(iter(trainer.optimizer.state_dict()["state"].values()))["step"]) == 11
+    assert trainer.accelerator._dataloaders == [trainer.dl]  # finished rounds' loaders (and their data) let go
     assert not list((tmp_path / "run").glob("checkpoint-*")) and not (tmp_path / "run" / "model").exists()
     assert [json.loads(line)["step"] for line in open(tmp_path / "run" / "metrics.jsonl")] == list(range(1, 12))
     with pytest.raises(ValueError, match="steps"):

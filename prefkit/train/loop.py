@@ -284,6 +284,9 @@ class Trainer:
             self._setup(seed, steps, num_epochs)
             end = self.total_steps
         else:
+            stale = getattr(self.accelerator, "_dataloaders", [])  # accelerate keeps every loader it prepared
+            if self.dl in stale:  # (for its checkpoints); the finished round's loader would pin its data
+                stale.remove(self.dl)
             self.dl = self.accelerator.prepare(self._data_loader(dataset, seed))
             end = self.global_step + self._count_steps(steps, num_epochs)
         history, last_ckpt = self._run(self.global_step, end, 0, 0, save=save)
