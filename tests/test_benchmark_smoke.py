@@ -86,3 +86,13 @@ def test_main_writes_tables(tmp_path):
     assert "prefkit-prefix" in md and "prefkit-naive" in md
     csv_lines = (tmp_path / "throughput_cpu_dryrun_smoke.csv").read_text().strip().splitlines()
     assert len(csv_lines) == 3  # header + 2 runs
+
+
+def test_layout_ab_writes_paired_ratios(tmp_path):
+    from benchmarks.layout_ab import main
+
+    out = tmp_path / "ab.md"
+    assert main(["--model", "micro", "--scale", "0.0625", "--rounds", "2", "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and not line.startswith("| shape")]
+    assert [r.split(" | ")[0] for r in rows] == ["| step_dpo", "| ultrafeedback", "| ranked4"]
+    assert all(r.count("x (") == 2 for r in rows)  # naive and kv, each against prefix

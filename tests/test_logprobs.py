@@ -99,7 +99,8 @@ def test_kv_layout_prompt_once_completion_rows():
 
 def test_kv_backend_refuses_gradient_checkpointing():
     model = tiny_causal_lm("qwen2", vocab_size=64)
-    model.gradient_checkpointing_enable()
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
     model.train()
     with pytest.raises(ValueError, match="gradient checkpointing"):
         completion_logps(model, collate_groups(GROUPS, 0, "kv"))

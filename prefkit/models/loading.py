@@ -99,7 +99,8 @@ def prepare_policy(model, cfg: ModelConfig):
     if cfg.disable_dropout:
         disable_dropout(model)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5 renamed it activation checkpointing (the old name warns); 4.x has only the old one
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
         model.config.use_cache = False
     if cfg.lora is not None:
         from peft import LoraConfig, get_peft_model

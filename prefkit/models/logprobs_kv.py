@@ -43,13 +43,19 @@ def _new_cache(config):
         return DynamicCache()
 
 
+def _checkpointing(base, decoder) -> bool:
+    """Whether activation (gradient) checkpointing is on; transformers 5 renamed the flag."""
+    flag = ("is_activation_checkpointing" if hasattr(type(base), "is_activation_checkpointing")
+            else "is_gradient_checkpointing")
+    return bool(getattr(base, flag, False) or getattr(decoder, "gradient_checkpointing", False))
+
+
 def kv_hidden_states(model, batch: dict) -> torch.Tensor:
     """Hidden states (N, 1 + L, H) for the kv layout: position 0 of row r holds the last prompt hidden state
     of its group (it predicts the completion's first token), position i the completion's token i - 1."""
     base = _unwrap(model)
     decoder = base.get_decoder()
-    if torch.is_grad_enabled() and decoder.training and (getattr(base, "is_gradient_checkpointing", False)
-                                                         or getattr(decoder, "gradient_checkpointing", False)):
+    if torch.is_grad_enabled() and decoder.training and _checkpointing(base, decoder):
         raise ValueError("log-prob backend 'kv' needs the model's KV cache, which transformers turns off under "
                          "gradient checkpointing; use backend 'prefix' or 'naive' with gradient checkpointing")
     name = _cache_kwarg(decoder)
