@@ -137,3 +137,14 @@ def test_egida_config_errors_name_its_own_keys():
         EgidaMethodConfig(nll_alpha=-1.0)
     with pytest.raises(ValueError, match="prefix, naive or kv"):
         EgidaMethodConfig(backend="flash")
+
+
+def test_safety_run_config_checks_kv_against_gradient_checkpointing():
+    from prefkit.methods.safety import EgidaMethodConfig, SafetyRunConfig
+    from prefkit.models.loading import ModelConfig
+
+    ok = SafetyRunConfig(model=ModelConfig(name_or_path="m"), method=EgidaMethodConfig(backend="kv", pad_to_multiple_of=64))
+    assert ok.method.pad_to_multiple_of == 64
+    with pytest.raises(ValueError, match="gradient_checkpointing"):
+        SafetyRunConfig(model=ModelConfig(name_or_path="m", gradient_checkpointing=True),
+                        method=EgidaMethodConfig(backend="kv"))

@@ -33,6 +33,7 @@ class EgidaMethodConfig:
     label_smoothing: float = 0.0
     reference: str = "copy"  # copy | adapter | precomputed
     backend: str = "prefix"  # prefix | naive | kv
+    pad_to_multiple_of: int | None = None  # round row lengths up (GPU: aligned, fewer distinct shapes)
     max_length: int = 256
     max_prompt_length: int | None = None
     nll_alpha: float = 0.0  # > 0: add alpha * NLL of the chosen answer (RPO; the DPO recipe's rpo_alpha); 0 = plain DPO
@@ -44,7 +45,8 @@ class EgidaMethodConfig:
         if self.nll_alpha < 0:  # checked here so that the message names this recipe's key, not rpo_alpha
             raise ValueError(f"method.nll_alpha: must be >= 0, got {self.nll_alpha}")
         dpo.MethodConfig(beta=self.beta, loss_kind=self.loss_kind, label_smoothing=self.label_smoothing,
-                         reference=self.reference, backend=self.backend, rpo_alpha=self.nll_alpha)  # DPO's checks
+                         reference=self.reference, backend=self.backend, rpo_alpha=self.nll_alpha,
+                         pad_to_multiple_of=self.pad_to_multiple_of)  # DPO's checks
 
 
 @dataclass
@@ -54,6 +56,9 @@ class SafetyRunConfig:
     method: EgidaMethodConfig = field(default_factory=EgidaMethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self):
+        dpo_config(self, "pairs.jsonl")  # the DPO run's checks that span sections (kv vs gradient checkpointing)
+
 
 def dpo_config(cfg: SafetyRunConfig, pairs_file: str) -> dpo.DPORunConfig:
     """The plain DPO run on the built triplets."""
@@ -62,7 +67,8 @@ def dpo_config(cfg: SafetyRunConfig, pairs_file: str) -> dpo.DPORunConfig:
                           max_prompt_length=m.max_prompt_length,
                           prompt_template=cfg.pairs.prompt_template or "{prompt}")
     method = dpo.MethodConfig(name="dpo", beta=m.beta, loss_kind=m.loss_kind, label_smoothing=m.label_smoothing,
-                              reference=m.reference, backend=m.backend, rpo_alpha=m.nll_alpha)
+                              reference=m.reference, backend=m.backend, rpo_alpha=m.nll_alpha,
+                              pad_to_multiple_of=m.pad_to_multiple_of)
     return dpo.DPORunConfig(model=cfg.model, data=data, method=method, train=cfg.train)
 
 
