@@ -108,3 +108,33 @@ def test_spo_round_trainer_is_train_more_without_checkpoints(tmp_path):
         r = trainer.run_round(_data(2, n=4), 2, max_steps=3)
         assert r.global_step == 5 and trainer.sampler.seed == trainer.cfg.seed + 2
     assert not list((tmp_path / "run").glob("checkpoint-*"))
+
+
+def test_train_more_after_train_keeps_logging_to_tensorboard(tmp_path, monkeypatch):
+    """train() closes its TensorBoard writer; a later train_more opens one again instead of logging nothing."""
+    import sys
+    import types
+
+    writers = []
+
+    class FakeWriter:  # records what torch.utils.tensorboard.SummaryWriter would be given
+        def __init__(self, logdir):
+            self.steps, self.closed = set(), False
+            writers.append(self)
+
+        def add_scalar(self, key, value, step):
+            self.steps.add(step)
+
+        def flush(self):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    trainer = Trainer(_cfg(tmp_path, batch_size=2, tensorboard=True), _Linear(), _data(1, n=4), default_collate,
+                      log=lambda *a: None)
+    trainer.train()  # 2 steps
+    trainer.train_more(_data(2, n=4), steps=2, save=False)
+    assert len(writers) == 2 and writers[0].closed
+    assert writers[0].steps == {1, 2} and writers[1].steps == {3, 4}

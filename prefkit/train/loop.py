@@ -169,7 +169,11 @@ class Trainer:
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.scheduler = _schedule(cfg.lr_scheduler, self.optimizer, int(cfg.warmup_ratio * self.total_steps), self.total_steps)
         acc.register_for_checkpointing(self.scheduler)
-        if cfg.tensorboard and acc.is_main_process and self.tb is None:
+        self._open_tensorboard()
+
+    def _open_tensorboard(self) -> None:
+        """The TensorBoard writer (main process, train.tensorboard); train() closes it, train_more reopens it."""
+        if self.cfg.tensorboard and self.accelerator.is_main_process and self.tb is None:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.out / "tensorboard"))
@@ -288,6 +292,7 @@ class Trainer:
             if self.dl in stale:  # (for its checkpoints); the finished round's loader would pin its data
                 stale.remove(self.dl)
             self.dl = self.accelerator.prepare(self._data_loader(dataset, seed))
+            self._open_tensorboard()  # after train(), which closed it
             end = self.global_step + self._count_steps(steps, num_epochs)
         history, last_ckpt = self._run(self.global_step, end, 0, 0, save=save)
         self._publish(last_ckpt)
