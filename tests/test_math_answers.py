@@ -88,3 +88,16 @@ def test_load_math_jsonl_formats_and_errors(tmp_path):
     assert "bad.jsonl" in str(e.value) and "row 2" in str(e.value) and "solution" in str(e.value)
     items, rep = load_math_jsonl(bad, skip_invalid=True)
     assert len(items) == 1 and rep.n_skipped == 2
+
+
+def test_load_math_jsonl_limit_missing_file_and_non_objects(tmp_path):
+    p = tmp_path / "m.jsonl"
+    p.write_text("\n".join(json.dumps({"question": f"q{i}", "answer": f"#### {i}"}) for i in range(5)) + "\n")
+    items, rep = load_math_jsonl(p, limit=2)
+    assert [it.gold for it in items] == ["0", "1"] and rep.rows_read == 2
+    with pytest.raises(DataError, match="file not found"):
+        load_math_jsonl(tmp_path / "missing.jsonl")
+    bad = tmp_path / "list.jsonl"
+    bad.write_text('["not", "an object"]\n')
+    with pytest.raises(DataError, match="row 1.*expected an object"):
+        load_math_jsonl(bad)

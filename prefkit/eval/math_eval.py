@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefkit.data.errors import DataError, LoadReport, RowHandler
+from prefkit.data.errors import DataError
+from prefkit.data.jsonl import read_jsonl_objects
 from prefkit.eval.math_answers import extract_answer, extract_boxed, gsm8k_gold, is_equiv
 
 DEFAULT_PROMPT_TEMPLATE = "Question: {question}\nAnswer: "
@@ -55,26 +56,7 @@ def parse_math_row(row: dict, source: str, line: int) -> MathItem:
 
 def load_math_jsonl(path: str | Path, *, skip_invalid: bool = False, limit: int | None = None):
     """Read a jsonl file of problems -> (items, LoadReport). Bad rows raise DataError unless skip_invalid."""
-    report = LoadReport(str(path))
-    handler = RowHandler(report, skip_invalid)
-    items: list[MathItem] = []
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            report.rows_read += 1
-            try:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(str(path), line_no, None, f"invalid JSON: {e.msg}") from None
-                items.append(parse_math_row(row, str(path), line_no))
-                report.rows_kept += 1
-            except DataError as e:
-                handler.bad(e)
-            if limit is not None and len(items) >= limit:
-                break
-    return items, report
+    return read_jsonl_objects(path, lambda row, line: parse_math_row(row, str(path), line), skip_invalid, limit)
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:

@@ -20,13 +20,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from prefkit.data.errors import DataError, LoadReport
+from prefkit.data.jsonl import read_jsonl_objects
 from prefkit.safety.command import model_config_command
 from prefkit.safety.schema import SafetyExample
 from prefkit.safety.task import (
     EMBEDDED_PROMPT_TEMPLATE,
     SafetyDataConfig,
     make_split,
-    read_jsonl_objects,
     save_split,
     split_summary,
 )

@@ -5,16 +5,14 @@ topics and styles, plus the benign-but-scary prompts for over-refusal. Shared by
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TypeVar
 
-from prefkit.data.errors import DataError, LoadReport, RowHandler
+from prefkit.data.errors import DataError, LoadReport
+from prefkit.data.jsonl import read_jsonl_objects
 from prefkit.safety.schema import SafetyExample, load_egida_json
 from prefkit.safety.split import SafetySplit, choose_heldout, split_heldout
 
-T = TypeVar("T")
 
 EMBEDDED_PROMPT_TEMPLATE = "Question: {prompt}\nAnswer: "  # the embedded world's model-facing format
 
@@ -100,34 +98,6 @@ def load_overrefusal_file(path: str, skip_invalid: bool = False) -> list[BenignP
         return BenignPrompt(row["prompt"], kind, str(row.get("category", "all")))
 
     return read_jsonl_objects(path, parse, skip_invalid)[0]
-
-
-def read_jsonl_objects(path: str, parse: Callable[[dict, int], T],
-                       skip_invalid: bool = False) -> tuple[list[T], LoadReport]:
-    """`parse(row, line)` for every non-blank line of a jsonl file of objects. A line that is not JSON, not
-    an object, or that `parse` rejects with a DataError stops the load (skip_invalid: skipped and counted)."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError(path, None, None, "file not found")
-    report = LoadReport(path)
-    handler = RowHandler(report, skip_invalid)
-    out: list[T] = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        report.rows_read += 1
-        try:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, i, None, f"not valid JSON: {e.msg}") from None
-            if not isinstance(row, dict):
-                raise DataError(path, i, None, f"expected an object, got {type(row).__name__}")
-            out.append(parse(row, i))
-            report.rows_kept += 1
-        except DataError as e:
-            handler.bad(e)
-    return out, report
 
 
 def split_summary(split: SafetySplit) -> dict:
