@@ -7,8 +7,8 @@
 #       trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 fsspec==2026.9.0
 #   (and pyarrow==26.0.1 into .whl/opt/, installed there only when the image's pyarrow is older than 24)
 # Then: device run, carry [".whl"], command "bash benchmarks/gpu_run.sh", timeout ~480 s. The next call planned
-# (BENCHMARKS.md section 4): BUDGET=330 bash benchmarks/gpu_run.sh --optim adamw_torch_fused \
-#     --variants trl prefkit-kv prefkit-prefix prefkit-naive trl-precomputed prefkit-kv-precomputed --no-flex --tag run2
+# (BENCHMARKS.md section 4): BUDGET=360 bash benchmarks/gpu_run.sh --optim adamw_torch_fused --variants trl \
+#     prefkit-kv prefkit-prefix prefkit-prefix-cudnn prefkit-naive trl-precomputed prefkit-kv-precomputed --no-flex --tag run2
 # Dry run of the same code path on the CPU: python benchmarks/throughput.py --mode gpu --dry-run
 set -o pipefail
 OUT=${OUT:-benchmarks/results}

@@ -47,7 +47,9 @@ from benchmarks.shapes import (SHAPES, build_models, linear_params, make_groups,
                                model_flops, MODEL_CONFIGS)
 
 CORE = ("trl", "prefkit-naive", "prefkit-prefix", "prefkit-kv")
-EXTRA = ("prefkit-prefix-pad64",)  # prefix-shared rows rounded up to a multiple of 64 tokens (only when asked for)
+# only when asked for: prefix-shared rows rounded up to a multiple of 64 tokens; the prefix layout with SDPA's cuDNN
+# kernel left on (prefkit's Trainer turns it off by default: train.sdpa_cudnn)
+EXTRA = ("prefkit-prefix-pad64", "prefkit-prefix-cudnn")
 PRECOMPUTED = ("trl-precomputed", "prefkit-prefix-precomputed", "prefkit-kv-precomputed")
 LOSS_TOL = 1e-4
 
@@ -68,7 +70,7 @@ def run_variant(variant: str, policy, ref, groups, shape, batch: int, s: RunSett
         backend = "naive" if "naive" in variant else "kv" if "-kv" in variant else "prefix"
         return run_prefkit(policy, ref, groups, shape, batch, s, backend=backend, precompute=pre,
                            flex="flex" in variant, pad_to_multiple_of=64 if variant.endswith("-pad64") else None,
-                           tag=variant)
+                           sdpa_cudnn=variant.endswith("-cudnn"), tag=variant)
     except torch.OutOfMemoryError:
         return RunResult(variant, shape.name, batch, error="out of memory")
     except Exception as e:  # a benchmark table row, not a crash: report what failed and go on

@@ -1,6 +1,7 @@
 """Training options that only change how fast a step runs, never what it computes: the fused AdamW kernel
 (`train.optim=adamw_torch_fused`), collating in worker processes (`train.dataloader_num_workers`), and
-DPO + NLL (`method.rpo_alpha`) through the whole recipe."""
+DPO + NLL (`method.rpo_alpha`) through the whole recipe, and SDPA's cuDNN kernel switched off while training
+(`train.sdpa_cudnn`)."""
 import json
 import math
 
@@ -59,3 +60,34 @@ def test_bad_options_are_rejected(bad, match):
         TrainConfig(**bad)
     with pytest.raises(ValueError, match="rpo_alpha"):
         load_run_config("configs/dpo_tiny.yaml", ["method.rpo_alpha=-1"])
+
+
+@pytest.mark.parametrize("setting", [False, True])
+def test_sdpa_cudnn_setting_holds_while_training_and_is_restored(tmp_path, setting):
+    from pathlib import Path
+
+    from torch.utils.data import default_collate
+
+    from prefkit.train.loop import Trainer
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, batch):
+            seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+            return ((self.w - batch["y"]) ** 2).mean(), {}
+
+        def save_pretrained(self, path):
+            Path(path).mkdir(parents=True, exist_ok=True)
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), batch_size=2, progress_bar=False, sdpa_cudnn=setting)
+    trainer = Trainer(cfg, Probe(), [{"y": torch.tensor(1.0)}] * 4, default_collate, log=lambda *a: None)
+    trainer.train()
+    trainer.train_more([{"y": torch.tensor(2.0)}] * 2, steps=1, save=False)
+    assert seen == [setting] * 3
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before

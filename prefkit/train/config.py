@@ -33,6 +33,10 @@ class TrainConfig:
     peak_tflops: float = 0.0  # > 0: log `mfu` = model FLOPs / (wall time x this peak x processes)
     tensorboard: bool = False
     progress_bar: bool = True
+    # CUDA only. False: SDPA's cuDNN kernel is off while prefkit trains (restored after). cuDNN builds an execution
+    # plan for every new tensor shape (0.3-1 s), and preference batches have a new length nearly every step
+    # (BENCHMARKS.md section 4). True: torch's own kernel choice.
+    sdpa_cudnn: bool = False
 
     def __post_init__(self):
         if self.lr_scheduler not in ("cosine", "linear", "constant"):

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from prefkit.train import checkpoint as ckpt_io
+from prefkit.train.attention import cudnn_attention
 from prefkit.train.config import TrainConfig
 
 
@@ -256,7 +257,8 @@ class Trainer:
         self._start(resume)
         self._setup()
         step, epoch, skip = self._restore() if resume else (0, 0, 0)
-        history, last_ckpt = self._run(step, self.total_steps, epoch, skip)
+        with cudnn_attention(self.cfg.sdpa_cudnn):
+            history, last_ckpt = self._run(step, self.total_steps, epoch, skip)
         self._publish(last_ckpt)
         if self.tb is not None:
             self.tb.close()
@@ -294,7 +296,8 @@ class Trainer:
             self.dl = self.accelerator.prepare(self._data_loader(dataset, seed))
             self._open_tensorboard()  # after train(), which closed it
             end = self.global_step + self._count_steps(steps, num_epochs)
-        history, last_ckpt = self._run(self.global_step, end, 0, 0, save=save)
+        with cudnn_attention(self.cfg.sdpa_cudnn):
+            history, last_ckpt = self._run(self.global_step, end, 0, 0, save=save)
         self._publish(last_ckpt)
         if self.tb is not None:
             self.tb.flush()
