@@ -22,6 +22,7 @@ from prefkit.data.collate import collate_groups, to_device
 from prefkit.data.examples import TokenizedGroup
 from prefkit.models.loading import is_peft
 from prefkit.models.logprobs import _unwrap, completion_logps, sliding_window
+from prefkit.train.attention import cudnn_attention
 
 REFERENCE_KINDS = ("copy", "adapter", "precomputed")
 
@@ -138,8 +139,10 @@ def fingerprint_groups(groups: list[TokenizedGroup]) -> str:
 
 @torch.no_grad()
 def precompute_reference(model, groups: list[TokenizedGroup], pad_id: int, cache_dir: str | Path,
-                         batch_size: int = 8, backend: str = "prefix") -> PrecomputedReference:
-    """Compute (or load from `cache_dir`) reference log-probs for every group; keyed by fingerprints."""
+                         batch_size: int = 8, backend: str = "prefix",
+                         sdpa_cudnn: bool = False) -> PrecomputedReference:
+    """Compute (or load from `cache_dir`) reference log-probs for every group; keyed by fingerprints.
+    `sdpa_cudnn`: as train.sdpa_cudnn (off: no cuDNN attention plan per new batch shape)."""
     window, _ = sliding_window(_unwrap(model).config)  # a new key: caches written before the prefix layout
     sw = f"sw{window}-" if window else ""               # masked sliding windows (session 4) are not reused
     key = f"ref-{sw}{fingerprint_model(model)}-{fingerprint_groups(groups)}"
@@ -151,14 +154,14 @@ def precompute_reference(model, groups: list[TokenizedGroup], pad_id: int, cache
     was_training = model.training
     model.eval()
     table: dict[int, list[float]] = {}
-    for s in range(0, len(groups), batch_size):
-        chunk = groups[s : s + batch_size]
-        batch = collate_groups(chunk, pad_id, backend)
-        dev = next(model.parameters()).device
-        batch = to_device(batch, dev)
-        lp = completion_logps(model, batch).logps.float().cpu()
-        for g, row in zip(chunk, lp):
-            table[g.index] = row[: len(g.completion_ids)].tolist()
+    dev = next(model.parameters()).device
+    with cudnn_attention(sdpa_cudnn):
+        for s in range(0, len(groups), batch_size):
+            chunk = groups[s : s + batch_size]
+            batch = to_device(collate_groups(chunk, pad_id, backend), dev)
+            lp = completion_logps(model, batch).logps.float().cpu()
+            for g, row in zip(chunk, lp):
+                table[g.index] = row[: len(g.completion_ids)].tolist()
     model.train(was_training)
     K = max(len(v) for v in table.values())
     idx = sorted(table)
