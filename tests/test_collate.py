@@ -70,8 +70,7 @@ def collate_groups_loop(groups: list[TokenizedGroup], pad_id: int, backend: str 
         "labels": labels,  # (B, K)
         "index": torch.tensor([g.index for g in groups], dtype=torch.long),  # (B,)
         "n_tokens": torch.tensor(int((seg_t >= 0).sum())),
-        "is_prefix": backend == "prefix",  # plain Python values stay on the host: reading them never syncs a GPU
-        "layout": backend,
+        "layout": backend,  # plain Python values stay on the host: reading them never syncs a GPU
         "rows": [g.index for g in groups],
     }
     if backend == "kv":

@@ -105,8 +105,7 @@ def collate_groups(groups: list[TokenizedGroup], pad_id: int, backend: str = "pr
         "labels": labels,  # (B, K)
         "index": torch.tensor([g.index for g in groups], dtype=torch.long),  # (B,)
         "n_tokens": torch.tensor(n_tokens),
-        "is_prefix": backend == "prefix",  # host-side values
-        "layout": backend,
+        "layout": backend,  # host-side values: reading them never syncs a GPU
         "rows": [g.index for g in groups],
     }
     if backend == "kv":

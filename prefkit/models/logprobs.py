@@ -78,7 +78,7 @@ def hidden_states(model, batch: dict) -> torch.Tensor:
     base = _unwrap(model)
     decoder = base.get_decoder()
     seg = batch["segments"]
-    if batch["is_prefix"]:
+    if batch["layout"] == "prefix":
         dtype = next(p for p in base.parameters()).dtype
         attn = prefix_attention_mask(base.config, batch, dtype if dtype.is_floating_point else torch.float32)
     else:
@@ -89,7 +89,7 @@ def hidden_states(model, batch: dict) -> torch.Tensor:
 
 def completion_logps(model, batch: dict, chunk_size: int = 1024) -> LogProbOutput:
     """Summed log p(completion_k | context) for every slot (b, k) of the batch."""
-    if batch.get("layout") == "kv":
+    if batch["layout"] == "kv":
         from prefkit.models.logprobs_kv import kv_hidden_states
 
         return logps_from_hidden(model, kv_hidden_states(model, batch), batch, chunk_size)

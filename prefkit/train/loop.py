@@ -257,8 +257,7 @@ class Trainer:
         self._start(resume)
         self._setup()
         step, epoch, skip = self._restore() if resume else (0, 0, 0)
-        with cudnn_attention(self.cfg.sdpa_cudnn):
-            history, last_ckpt = self._run(step, self.total_steps, epoch, skip)
+        history, last_ckpt = self._run(step, self.total_steps, epoch, skip)
         self._publish(last_ckpt)
         if self.tb is not None:
             self.tb.close()
@@ -296,8 +295,7 @@ class Trainer:
             self.dl = self.accelerator.prepare(self._data_loader(dataset, seed))
             self._open_tensorboard()  # after train(), which closed it
             end = self.global_step + self._count_steps(steps, num_epochs)
-        with cudnn_attention(self.cfg.sdpa_cudnn):
-            history, last_ckpt = self._run(self.global_step, end, 0, 0, save=save)
+        history, last_ckpt = self._run(self.global_step, end, 0, 0, save=save)
         self._publish(last_ckpt)
         if self.tb is not None:
             self.tb.flush()
@@ -305,7 +303,12 @@ class Trainer:
         return TrainResult(self.global_step, str(self.out), history, str(last_ckpt) if last_ckpt else None)
 
     def _run(self, step: int, end: int, epoch: int, skip: int, save: bool = True) -> tuple[list[dict], Path | None]:
-        """Optimizer steps step+1 .. end over self.dl, starting in `epoch` after `skip` micro-batches."""
+        """Optimizer steps step+1 .. end over self.dl, starting in `epoch` after `skip` micro-batches, with SDPA's
+        cuDNN kernel as train.sdpa_cudnn says (restored after)."""
+        with cudnn_attention(self.cfg.sdpa_cudnn):
+            return self._steps(step, end, epoch, skip, save)
+
+    def _steps(self, step: int, end: int, epoch: int, skip: int, save: bool) -> tuple[list[dict], Path | None]:
         cfg, acc = self.cfg, self.accelerator
         history: list[dict] = []
         self.global_step = step
