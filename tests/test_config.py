@@ -40,6 +40,17 @@ def test_kv_backend_accepted_but_not_with_gradient_checkpointing():
         load_run_config("configs/dpo_tiny.yaml", ["method.backend=flash"])
 
 
+@pytest.mark.parametrize("impl", ["flash_attention_2", "flex_attention"])
+def test_prefix_backend_needs_an_attention_kernel_that_takes_its_block_mask(impl):
+    with pytest.raises(ConfigError, match="4D block mask"):
+        load_run_config("configs/dpo_tiny.yaml", [f"model.attn_implementation={impl}"])
+    for backend in ("kv", "naive"):  # ordinary padding masks: any kernel
+        _, cfg = load_run_config("configs/dpo_tiny.yaml", [f"model.attn_implementation={impl}", f"method.backend={backend}"])
+        assert cfg.model.attn_implementation == impl
+    _, cfg = load_run_config("configs/dpo_tiny.yaml", ["model.attn_implementation=eager"])
+    assert cfg.method.backend == "prefix"
+
+
 def test_missing_section_and_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_run_config(str(tmp_path / "nope.yaml"), [])

@@ -91,3 +91,22 @@ def test_sdpa_cudnn_setting_holds_while_training_and_is_restored(tmp_path, setti
     trainer.train_more([{"y": torch.tensor(2.0)}] * 2, steps=1, save=False)
     assert seen == [setting] * 3
     assert torch.backends.cuda.cudnn_sdp_enabled() == before
+
+
+@pytest.mark.parametrize("setting", [False, True])
+def test_precomputed_reference_passes_follow_sdpa_cudnn(tmp_path, monkeypatch, setting):
+    """The reference log-probs are computed under the same attention kernels as the training steps."""
+    from prefkit.train import reference
+
+    seen = []
+    real = reference.precompute_reference
+
+    def recording(*a, **kw):
+        seen.append(kw.get("sdpa_cudnn"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(reference, "precompute_reference", recording)
+    monkeypatch.setattr("prefkit.methods.lm_recipe.precompute_reference", recording)
+    _run(tmp_path, "pre", "method.reference=precomputed", f"method.reference_cache_dir={tmp_path / 'cache'}",
+         f"train.sdpa_cudnn={str(setting).lower()}", "train.max_steps=1")
+    assert seen == [setting]

@@ -170,7 +170,8 @@ def train_curriculum(
     refresh = method.refresh_reference
     cache = method.reference_cache_dir
     first = stage_groups[0] if refresh else [g for gs in stage_groups for g in gs]  # what a precomputed one covers
-    reference = build_reference(method.reference, policy, first, pad_id, cache, method.backend)
+    reference = build_reference(method.reference, policy, first, pad_id, cache, method.backend,
+                                sdpa_cudnn=train.sdpa_cudnn)
     objective = PairwiseDPO(method.beta, method.loss_kind, method.label_smoothing)
     collator = GroupCollator(pad_id, method.backend, method.pad_to_multiple_of)
     out = Path(train.output_dir)
@@ -180,7 +181,8 @@ def train_curriculum(
     for s, groups in enumerate(stage_groups):
         if s > 0 and refresh:
             if method.reference == "precomputed":
-                reference = precompute_reference(policy, groups, pad_id, cache, backend=method.backend)
+                reference = precompute_reference(policy, groups, pad_id, cache, backend=method.backend,
+                                                 sdpa_cudnn=train.sdpa_cudnn)
             else:
                 reference.refresh_from(policy)
         ref_words = f"policy after stage {s - 1}" if s > 0 and refresh else "initial policy"

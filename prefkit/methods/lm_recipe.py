@@ -75,6 +75,9 @@ class LMMethodConfig:
             raise ValueError(f"method.pad_to_multiple_of: must be >= 1, got {self.pad_to_multiple_of}")
 
 
+PREFIX_ATTENTION = ("sdpa", "eager")  # attention implementations that apply an arbitrary 4D mask
+
+
 @dataclass
 class LMRunConfig:
     """The sections of every text recipe; a subclass narrows `data` and `method` to its own types."""
@@ -88,6 +91,10 @@ class LMRunConfig:
         if self.method.backend == "kv" and self.model.gradient_checkpointing:
             raise ValueError("method.backend: 'kv' needs the KV cache, which model.gradient_checkpointing turns off; "
                              "use backend 'prefix' or 'naive' with gradient checkpointing")
+        if self.method.backend == "prefix" and self.model.attn_implementation not in PREFIX_ATTENTION:
+            raise ValueError(f"method.backend: 'prefix' passes a 4D block mask, which model.attn_implementation="
+                             f"{self.model.attn_implementation!r} cannot take (only {' or '.join(PREFIX_ATTENTION)}); "
+                             "use backend 'kv' (prompt once, ordinary masks) or 'naive' with that kernel")
 
 
 def tokenize_all(examples, tokenizer, settings: TokenizeSettings, report: LoadReport, skip_invalid: bool):
@@ -117,17 +124,20 @@ class GroupCollator:
         return collate_groups(groups, self.pad_id, self.backend, self.pad_to_multiple_of)
 
 
-def build_reference(kind: str, policy, groups, pad_id: int, cache_dir: str, backend: str):
+def build_reference(kind: str, policy, groups, pad_id: int, cache_dir: str, backend: str, *,
+                    sdpa_cudnn: bool = False):
+    """`sdpa_cudnn`: train.sdpa_cudnn, which a precomputed reference's passes follow as training does."""
     if kind == "precomputed":
-        return precompute_reference(policy, groups, pad_id, cache_dir, backend=backend)
+        return precompute_reference(policy, groups, pad_id, cache_dir, backend=backend, sdpa_cudnn=sdpa_cudnn)
     return make_reference(kind, policy)
 
 
 def build_lm_module(policy, tokenizer, groups, method: LMMethodConfig, objective,
-                    module_cls: type[LMPreferenceModule] = LMPreferenceModule) -> LMPreferenceModule:
+                    module_cls: type[LMPreferenceModule] = LMPreferenceModule, *,
+                    sdpa_cudnn: bool = False) -> LMPreferenceModule:
     """Policy + the reference `method` asks for + `objective`, as one trainable module."""
     reference = build_reference(method.reference, policy, groups, tokenizer.pad_token_id,
-                                method.reference_cache_dir, method.backend)
+                                method.reference_cache_dir, method.backend, sdpa_cudnn=sdpa_cudnn)
     return module_cls(policy, reference, objective, tokenizer)
 
 
@@ -137,7 +147,8 @@ def train_lm(cfg: LMRunConfig, tokenizer, groups, report: LoadReport, objective,
     """Load the policy, build its reference, and train `objective` on the tokenized `groups` with the one
     Trainer. The run config written next to the checkpoints is `cfg` + `run_info` + the data report."""
     policy = load_causal_lm(cfg.model)
-    module = build_lm_module(policy, tokenizer, groups, cfg.method, objective, module_cls)
+    module = build_lm_module(policy, tokenizer, groups, cfg.method, objective, module_cls,
+                             sdpa_cudnn=cfg.train.sdpa_cudnn)
     collator = GroupCollator(tokenizer.pad_token_id, cfg.method.backend, cfg.method.pad_to_multiple_of)
     trainer = Trainer(cfg.train, module, groups, collator, eval_dataset=eval_groups,
                       run_config=asdict(cfg) | (run_info or {}) | {"data_report": report.summary()}, log=log)

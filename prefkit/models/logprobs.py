@@ -88,12 +88,43 @@ def hidden_states(model, batch: dict) -> torch.Tensor:
 
 
 def completion_logps(model, batch: dict, chunk_size: int = 1024) -> LogProbOutput:
-    """Summed log p(completion_k | context) for every slot (b, k) of the batch."""
+    """Summed log p(completion_k | context) for every slot (b, k) of the batch. The first call per model and
+    layout first checks the layout against the model's own forward pass (layout_check.py)."""
+    from prefkit.models.layout_check import check_layout
+
+    check_layout(model, batch["layout"], _layout_logps)
+    return _layout_logps(model, batch, chunk_size)
+
+
+def _layout_logps(model, batch: dict, chunk_size: int = 1024) -> LogProbOutput:
     if batch["layout"] == "kv":
         from prefkit.models.logprobs_kv import kv_hidden_states
 
         return logps_from_hidden(model, kv_hidden_states(model, batch), batch, chunk_size)
     return logps_from_hidden(model, hidden_states(model, batch), batch, chunk_size)
+
+
+def logit_transform(base):
+    """What the model's own `forward` does to the head's output before returning logits, which prefkit must
+    repeat since it applies the head itself: Cohere's `logit_scale` (x), Granite's `logits_scaling` (/), Gemma's
+    `final_logit_softcapping` (tanh). Models that do something else are caught by check_layout (layout_check.py)."""
+    cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    scale = getattr(base, "logit_scale", None)  # Cohere 1/2: a plain float attribute of the ForCausalLM
+    scale = scale if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale != 1 else None
+    divide = getattr(cfg, "logits_scaling", None)
+    divide = divide if divide not in (None, 1, 1.0) else None
+    softcap = getattr(cfg, "final_logit_softcapping", None) or getattr(base.config, "final_logit_softcapping", None)
+
+    def finish(logits: torch.Tensor) -> torch.Tensor:  # (m, V) float32
+        if scale is not None:
+            logits = logits * scale
+        if divide is not None:
+            logits = logits / divide
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    return finish
 
 
 def logps_from_hidden(model, h: torch.Tensor, batch: dict, chunk_size: int = 1024, *,
@@ -118,13 +149,11 @@ def logps_from_hidden(model, h: torch.Tensor, batch: dict, chunk_size: int = 102
     head = base.get_output_embeddings()
     sel = h[batch["score_row"], batch["score_pos"]]  # (M, H)
     targets = batch["score_target"]  # (M,)
-    softcap = getattr(base.config, "final_logit_softcapping", None)
+    finish = logit_transform(base)
 
     def token_logps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """log p(t | x) through the head module (its peft / FSDP / DeepSpeed hooks run, on recompute too)."""
-        logits = head(x).float()  # (m, V)
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
+        logits = finish(head(x).float())  # (m, V)
         return -F.cross_entropy(logits, t, reduction="none")  # (m,)
 
     fn = token_logps
