@@ -4,8 +4,10 @@ Rules, the same for every method:
 - conversations are rendered with the tokenizer's chat template; the completion is what the template adds
   after the prompt (so the assistant's end-of-turn marker is part of it);
 - plain-text completions get EOS appended, except Step-DPO steps (the answer is not finished);
-- an over-long row loses prompt tokens from the LEFT, never completion tokens; a completion that alone does
-  not fit is a DataError (it cannot be scored honestly).
+- a prompt is its text's tokens after one BOS token where the tokenizer uses one (encode_prompt: the sampler
+  encodes prompts the same way, so a model is trained on the contexts it generated from);
+- an over-long row loses prompt tokens from the LEFT (a leading BOS is kept), never completion tokens; a
+  completion that alone does not fit is a DataError (it cannot be scored honestly).
 """
 from __future__ import annotations
 
@@ -47,6 +49,31 @@ def _ids(tokenizer, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts its BOS token in front of a text when asked for special tokens (Llama,
+    Gemma, Mistral do; Qwen, GPT-2 do not)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    cached = tokenizer.__dict__.get("_prefkit_adds_bos")
+    if cached is None or cached[0] != bos:
+        with_special, plain = _ids(tokenizer, "a", True), _ids(tokenizer, "a", False)
+        cached = (bos, len(with_special) > len(plain) and with_special[0] == bos)
+        tokenizer.__dict__["_prefkit_adds_bos"] = cached
+    return cached[1]
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """A prompt's token ids, the same for training and for sampling: the text's own tokens, after the BOS token
+    where the tokenizer uses one and the text does not already start with it. A chat template usually writes the
+    BOS itself ("<|begin_of_text|>", "<bos>"), so tokenizing its output with special tokens would give two, and a
+    post-processor that appends EOS must not end a prompt. Plain text gets the BOS the model was trained with."""
+    ids = _ids(tokenizer, text, False)
+    if adds_bos(tokenizer) and (not ids or ids[0] != tokenizer.bos_token_id):
+        ids = [tokenizer.bos_token_id] + ids
+    return ids
+
+
 def build_group(
     prompt_text: str,
     completions: list[str],
@@ -60,7 +87,7 @@ def build_group(
     fields: list[str] | None = None,
     index: int = -1,
 ) -> TokenizedGroup:
-    prompt_ids = _ids(tokenizer, prompt_text, special=True)
+    prompt_ids = encode_prompt(tokenizer, prompt_text)
     comp_ids = []
     for j, c in enumerate(completions):
         ids = _ids(tokenizer, c, special=False)
@@ -79,8 +106,10 @@ def build_group(
     if settings.max_prompt_length is not None:
         budget = min(budget, settings.max_prompt_length)
     truncated = len(prompt_ids) > budget
-    if truncated:
-        prompt_ids = prompt_ids[len(prompt_ids) - budget:]
+    if truncated:  # from the left, but a leading BOS stays: the model has never seen a text start without it
+        bos = tokenizer.bos_token_id
+        keep = [bos] if bos is not None and budget > 1 and prompt_ids[0] == bos else []
+        prompt_ids = keep + prompt_ids[len(prompt_ids) - budget + len(keep):]
     if not prompt_ids:
         raise DataError(source, row, "prompt", "the prompt has no tokens (a completion needs a context token to be scored)")
     return TokenizedGroup(prompt_ids, comp_ids, list(labels), truncated, index)

@@ -16,6 +16,8 @@ from typing import Sequence
 
 import torch
 
+from prefkit.data.tokenize import encode_prompt
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -76,8 +78,10 @@ class Sampler:
 class HFSampler(Sampler):
     """transformers `generate` with a KV cache; `batch_size` counts sequences (prompt x sample)."""
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 64, add_special_tokens: bool = False,
+    def __init__(self, model, tokenizer, *, batch_size: int = 64, add_special_tokens: bool | None = None,
                  progress: bool = True):
+        """`add_special_tokens`: None (default) encodes prompts as training does (`encode_prompt`: one BOS where
+        the tokenizer uses one, none doubled after a chat template's own); True / False: the tokenizer's call."""
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.add_special_tokens, self.progress = batch_size, add_special_tokens, progress
         if tokenizer.pad_token_id is None:
@@ -111,7 +115,8 @@ class HFSampler(Sampler):
 
         tok = self.tokenizer
         prompts = list(prompts)
-        ids = [tok(p, add_special_tokens=self.add_special_tokens)["input_ids"] for p in prompts]
+        ids = [encode_prompt(tok, p) if self.add_special_tokens is None
+               else tok(p, add_special_tokens=self.add_special_tokens)["input_ids"] for p in prompts]
         for i, x in enumerate(ids):
             if not x:
                 raise ValueError(f"HFSampler.generate: prompt {i} tokenizes to zero tokens")
@@ -158,7 +163,9 @@ class VLLMSampler(Sampler):
         sp = VSamplingParams(n=params.n, temperature=params.temperature,
                              top_p=1.0 if params.greedy else params.top_p, max_tokens=params.max_new_tokens,
                              seed=params.seed, stop=list(params.stop) or None)
-        outs = self.llm.generate(list(prompts), sp)
+        # token ids, encoded as training encodes prompts (a text prompt would get vLLM's BOS on top of a chat
+        # template's own); a dict is vLLM's TokensPrompt
+        outs = self.llm.generate([{"prompt_token_ids": encode_prompt(self.tokenizer, p)} for p in prompts], sp)
         return [[cut_at_stop(o.text, params.stop) for o in out.outputs] for out in outs]
 
 
