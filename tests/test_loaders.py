@@ -104,6 +104,24 @@ def test_implicit_prompt_conversations(tmp_path):
     assert ex.prompt == [u] and ex.chosen == [{"role": "assistant", "content": "yes"}]
 
 
+def test_conversations_that_repeat_the_prompt_are_not_rendered_twice(tmp_path, byte_tokenizer):
+    """UltraFeedback-binarized rows: `prompt` is the user's text and chosen/rejected are whole conversations
+    [user, assistant]; the repeated user turn is the prompt (TRL's maybe_extract_prompt does the same)."""
+    sys_, u = {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}
+    yes, no = {"role": "assistant", "content": "yes"}, {"role": "assistant", "content": "no"}
+    rows = [{"prompt": "Hi", "chosen": [u, yes], "rejected": [u, no]},
+            {"prompt": [sys_, u], "chosen": [sys_, u, yes], "rejected": [sys_, u, no]},
+            {"prompt": "Hi", "chosen": [yes], "rejected": [no]}]  # the usual form: unchanged
+    exs, _ = load_preferences(write_jsonl(tmp_path / "uf.jsonl", rows))
+    assert [(e.prompt, e.chosen, e.rejected) for e in exs] == [([u], [yes], [no]), ([sys_, u], [yes], [no]), ("Hi", [yes], [no])]
+    g = tokenize_pair(exs[0], byte_tokenizer, TokenizeSettings(max_length=64))
+    assert byte_tokenizer.decode(g.prompt_ids).count("Hi") == 1
+    other = {"role": "user", "content": "Something else"}
+    bad = [{"prompt": "Hi", "chosen": [other, yes], "rejected": [other, no]}]
+    with pytest.raises(DataError, match=r"bad\.jsonl.*row 1.*chosen.*do not repeat `prompt`"):
+        load_preferences(write_jsonl(tmp_path / "bad.jsonl", bad))
+
+
 def test_truncates_prompt_from_left_never_completion(byte_tokenizer):
     s = TokenizeSettings(max_length=12)
     g = tokenize_pair(Pair("0123456789ABCDEF", "xyz", "uv"), byte_tokenizer, s)

@@ -3,7 +3,8 @@
 Formats (`format:` in the data config):
 - `pairs`:      TRL's columns `prompt`, `chosen`, `rejected` (plain text, or conversations: lists of
                 {role, content}; an implicit-prompt row with only chosen/rejected conversations is split at
-                the last assistant turn).
+                their shared leading turns; conversations that repeat `prompt` (UltraFeedback-binarized rows:
+                text prompt, chosen = [user, assistant]) lose the repeated turns).
 - `step_pairs`: the public Step-DPO columns `prompt`, `initial_reason_steps`, `chosen`, `rejected`
                 (extra columns such as full_chosen/answer are kept in `meta`).
 - `auto`:       `step_pairs` if the first row has `initial_reason_steps`, else `pairs`.
@@ -104,11 +105,35 @@ def _split_implicit_prompt(chosen: list, rejected: list):
     return chosen[:n], chosen[n:], rejected[n:]
 
 
+def _drop_repeated_prompt(prompt, chosen: list, rejected: list, src: str, i: int):
+    """Rows whose conversations repeat the prompt (UltraFeedback-binarized style: `prompt` is the user's text,
+    `chosen`/`rejected` are whole conversations [user, assistant]). Without this the user turn would be rendered
+    twice, once from `prompt` and once from the completion. The repeated turns are the prompt; anything else
+    that both completions begin with, before the assistant answers, is an error rather than a guess."""
+    shared, chosen_rest, rejected_rest = _split_implicit_prompt(chosen, rejected)
+    if not shared:
+        return prompt, chosen, rejected
+    if isinstance(prompt, list):
+        if shared[: len(prompt)] == prompt:
+            return prompt, chosen[len(prompt):], rejected[len(prompt):]
+    elif shared[-1].get("role") == "user" and shared[-1].get("content", "").strip() == prompt.strip():
+        return shared, chosen_rest, rejected_rest
+    if chosen[0].get("role") != "assistant":
+        raise DataError(src, i, "chosen", f"chosen and rejected both begin with {len(shared)} '{shared[0].get('role')}' "
+                        "turn(s) that do not repeat `prompt`; put the conversation before the answer in `prompt`, "
+                        "or leave `prompt` out and it is taken from those shared turns")
+    return prompt, chosen, rejected
+
+
 def parse_pair(row: dict, src: str, i: int) -> Pair:
     chosen = _text_or_messages(row, "chosen", src, i)
     rejected = _text_or_messages(row, "rejected", src, i)
     if "prompt" in row and row["prompt"] is not None:
         prompt = _text_or_messages(row, "prompt", src, i)
+        if isinstance(chosen, list) and isinstance(rejected, list) and chosen and rejected:
+            prompt, chosen, rejected = _drop_repeated_prompt(prompt, chosen, rejected, src, i)
+            if not chosen or not rejected:
+                raise DataError(src, i, "chosen" if not chosen else "rejected", "no turns after the repeated prompt")
     elif isinstance(chosen, list) and isinstance(rejected, list):
         prompt, chosen, rejected = _split_implicit_prompt(chosen, rejected)
         if not prompt:
