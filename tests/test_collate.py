@@ -86,7 +86,8 @@ def collate_groups_loop(groups: list[TokenizedGroup], pad_id: int, backend: str 
         kv_mask = torch.cat([prompt_mask[torch.tensor(row_group)], (seg_t >= 0).long()], dim=1)
         out["n_tokens"] = out["n_tokens"] + sum(len(g.prompt_ids) for g in groups)
         out.update(prompt_ids=prompt_ids, prompt_mask=prompt_mask, row_group=torch.tensor(row_group),
-                   prompt_positions=positions, kv_attention_mask=kv_mask)
+                   prompt_positions=positions, kv_attention_mask=kv_mask,
+                   prompt_padded=bool((prompt_mask == 0).any()))
     return out
 
 

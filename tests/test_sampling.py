@@ -26,6 +26,20 @@ def test_left_padding_gives_the_same_greedy_text_as_alone(sampler):
         assert sampler.generate([p], params)[0] == b
 
 
+def test_generation_runs_with_cudnn_attention_off_and_restores_it(sampler, monkeypatch):
+    """Left-padded prefill rows attend to no key; cuDNN's SDPA returns NaN there (see HFSampler's docstring)."""
+    seen, real = [], sampler.model.generate
+    monkeypatch.setattr(sampler.model, "generate",
+                        lambda **kw: seen.append(torch.backends.cuda.cudnn_sdp_enabled()) or real(**kw))
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        sampler.generate(PROMPTS, SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=2))
+        assert seen == [False] and torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
+
+
 def test_kv_cache_generation_matches_a_naive_argmax_loop(sampler):
     tok, model = sampler.tokenizer, sampler.model
     prompt = PROMPTS[0]

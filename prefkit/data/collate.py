@@ -130,6 +130,7 @@ def _prompt_tensors(prompts: list[np.ndarray], row_group: list[int], comp_mask: 
         "prompt_positions": torch.from_numpy(np.maximum(np.cumsum(prompt_mask, axis=1) - 1, 0)),  # (B, P)
         "row_group": torch.from_numpy(groups),  # (N,)
         "kv_attention_mask": torch.from_numpy(kv_mask),  # (N, P + T)
+        "prompt_padded": bool(prompt_mask.min() == 0),  # host-side: any left padding (logprobs_kv._prompt_mask)
     }
 
 

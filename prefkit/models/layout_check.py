@@ -86,6 +86,11 @@ def check_layout(model, layout: str, score) -> None:
     mask = batch["mask"].cpu()
     diff = (got - want).abs()[mask]
     tol = _tolerance(param.dtype, want[mask])
+    if not bool(torch.isfinite(got[mask]).all()):
+        raise ValueError(
+            f"log-prob backend {layout!r} gives non-finite log-probs on {name} (a probe batch with padding), where the "
+            f"model's own forward gives finite ones: an attention kernel that returns NaN for a fully masked row "
+            f"(left padding) or overflows in {str(param.dtype).replace('torch.', '')}. {_advice(layout)}")
     if bool((diff > tol).any()):
         raise ValueError(
             f"log-prob backend {layout!r} does not reproduce {name}'s own forward pass: summed log-probs of a "

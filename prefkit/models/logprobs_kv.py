@@ -50,6 +50,25 @@ def _checkpointing(base, decoder) -> bool:
     return bool(getattr(base, flag, False) or getattr(decoder, "gradient_checkpointing", False))
 
 
+def _prompt_mask(base, batch: dict):
+    """The prompt pass's mask. Left padding makes the padding queries attend to no key at all, and SDPA kernels
+    that return NaN for such a row (reported for cuDNN attention with torch 2.13 and transformers 5.15:
+    unslothai/unsloth#9848) would spread it through 0 x NaN into every real row of the next layer. Where the
+    kernel takes a 4D mask (sdpa, eager), a padding query attends to itself instead (the prefix layout's block
+    mask with a single segment, sliding windows included); real queries see exactly the same keys. Other kernels
+    (FlashAttention) take the 2D padding mask, which they handle by unpadding."""
+    mask = batch["prompt_mask"]  # (B, P) 1 = prompt token
+    impl = getattr(base.config, "_attn_implementation", None)
+    if impl not in ("sdpa", "eager") or not batch["prompt_padded"]:
+        return mask
+    from prefkit.models.logprobs import prefix_attention_mask
+
+    dtype = next(p for p in base.parameters()).dtype
+    dtype = dtype if dtype.is_floating_point else torch.float32
+    seg = torch.where(mask.bool(), 0, -1)  # (B, P) segment 0: the prompt; -1: padding
+    return prefix_attention_mask(base.config, {"segments": seg, "position_ids": batch["prompt_positions"]}, dtype)
+
+
 def kv_hidden_states(model, batch: dict) -> torch.Tensor:
     """Hidden states (N, 1 + L, H) for the kv layout: position 0 of row r holds the last prompt hidden state
     of its group (it predicts the completion's first token), position i the completion's token i - 1."""
@@ -62,7 +81,7 @@ def kv_hidden_states(model, batch: dict) -> torch.Tensor:
     cache = _new_cache(base.config)
     prompt_ids = batch["prompt_ids"]  # (B, P), left padded: every prompt ends at P - 1
     P = prompt_ids.shape[1]
-    out = decoder(input_ids=prompt_ids, attention_mask=batch["prompt_mask"], position_ids=batch["prompt_positions"],
+    out = decoder(input_ids=prompt_ids, attention_mask=_prompt_mask(base, batch), position_ids=batch["prompt_positions"],
                   use_cache=True, **{name: cache})
     h_prompt = out[0]  # (B, P, H)
     if cache.get_seq_length() != P:  # a model that ignored the cache would silently drop the prompt

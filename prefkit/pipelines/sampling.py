@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 
 from prefkit.data.tokenize import encode_prompt
+from prefkit.train.attention import cudnn_attention
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,13 @@ class Sampler:
 
 
 class HFSampler(Sampler):
-    """transformers `generate` with a KV cache; `batch_size` counts sequences (prompt x sample)."""
+    """transformers `generate` with a KV cache; `batch_size` counts sequences (prompt x sample).
+
+    Prompts are left padded, so in the prefill a padding query attends to no key. Since torch 2.5 the math,
+    memory-efficient and flash kernels of SDPA return 0 for such a row (pytorch/pytorch#133882), but cuDNN's
+    returns NaN, which spreads into the real tokens of the row: reported with torch 2.13 + transformers 5.15 on a
+    B200 (unslothai/unsloth#9848: NaN logits on every left-padded row, empty generations). generate therefore
+    runs with SDPA's cuDNN kernel off (restored after); on the CPU this changes nothing."""
 
     def __init__(self, model, tokenizer, *, batch_size: int = 64, add_special_tokens: bool | None = None,
                  progress: bool = True):
@@ -136,8 +143,9 @@ class HFSampler(Sampler):
                 input_ids[r, T - len(row) :] = torch.tensor(row)
                 attn[r, T - len(row) :] = 1
             torch.manual_seed(params.seed * 1_000_003 + b)
-            gen = self.model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device),
-                                      generation_config=gen_cfg)
+            with cudnn_attention(False):  # left padding: cuDNN's SDPA returns NaN for the pad rows (see below)
+                gen = self.model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device),
+                                          generation_config=gen_cfg)
             texts = tok.batch_decode(gen[:, T:], skip_special_tokens=True)
             for (i, j), text in zip(batch, texts):
                 out[i][j] = cut_at_stop(text, params.stop)
