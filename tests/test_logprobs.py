@@ -183,3 +183,28 @@ def test_kv_backend_without_any_padding():
     with torch.no_grad():
         naive, kv = completion_logps(model, collate_groups(groups, 0, "naive")), completion_logps(model, batch)
     torch.testing.assert_close(kv.logps, naive.logps, atol=1e-5, rtol=0)
+
+
+def test_lora_with_gradient_checkpointing_trains_the_adapters():
+    """Checkpointed layers recompute in backward from inputs that need gradients (peft makes the embeddings'
+    output require grad); without that a LoRA policy would get no gradient at all, silently."""
+    from prefkit.models.loading import LoraSettings, ModelConfig, prepare_policy
+
+    grads = {}
+    for checkpointing in (False, True):
+        model = prepare_policy(tiny_causal_lm("llama", vocab_size=64),
+                               ModelConfig(name_or_path="x", gradient_checkpointing=checkpointing,
+                                           lora=LoraSettings(r=4, alpha=8, target_modules=["q_proj", "v_proj"])))
+        model.train()
+        torch.manual_seed(0)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1)
+        for backend in ("naive", "prefix"):
+            model.zero_grad()
+            completion_logps(model, collate_groups(GROUPS, 0, backend)).logps.sum().backward()
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable), (checkpointing, backend)
+            grads[checkpointing, backend] = torch.cat([p.grad.flatten() for p in trainable])
+    for backend in ("naive", "prefix"):
+        torch.testing.assert_close(grads[True, backend], grads[False, backend], atol=1e-6, rtol=0)
