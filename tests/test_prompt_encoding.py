@@ -89,3 +89,17 @@ def test_sampler_feeds_the_model_the_prompt_ids_training_scores(post):
              Pair(prompt="1 + 2 =", chosen="3", rejected="2")]
     trained = [tokenize_pair(p, tok, TokenizeSettings()).prompt_ids for p in pairs]
     assert sorted(seen) == sorted(trained)
+
+
+def test_a_template_that_renders_the_prompt_differently_is_a_data_error_naming_the_row():
+    """DeepSeek-R1-style templates open a <think> block in the generation prompt but not before a finished
+    answer, so the completion cannot be cut from the rendered conversation."""
+    from prefkit.data.errors import DataError
+
+    tok = _tokenizer("none")
+    tok.chat_template = ("{% for m in messages %}<|start|>{{ m['role'] }} {{ m['content'] }}<|eot|>{% endfor %}"
+                         "{% if add_generation_prompt %}<|start|>assistant think {% endif %}")
+    pair = Pair(prompt=[{"role": "user", "content": "hello"}], chosen=[{"role": "assistant", "content": "fine"}],
+                rejected=[{"role": "assistant", "content": "bad"}])
+    with pytest.raises(DataError, match=r"r1\.jsonl.*row 3.*chosen.*renders the prompt differently.*'think"):
+        tokenize_pair(pair, tok, TokenizeSettings(), source="r1.jsonl", row=3)

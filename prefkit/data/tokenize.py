@@ -35,13 +35,18 @@ def render_prompt(prompt, tokenizer, settings: TokenizeSettings) -> str:
     return settings.prompt_template.format(prompt=prompt)
 
 
-def _completion_text(prompt, prompt_text: str, completion, tokenizer) -> str:
+def _completion_text(prompt, prompt_text: str, completion, tokenizer, source="<data>", row=None, field="chosen") -> str:
     if not _is_conversation(completion):
         return completion
     convo = (prompt if _is_conversation(prompt) else [{"role": "user", "content": prompt}]) + completion
     full = tokenizer.apply_chat_template(convo, tokenize=False)
     if not full.startswith(prompt_text):
-        raise ValueError("the chat template does not render the prompt as a prefix of prompt + completion")
+        at = next((i for i, (a, b) in enumerate(zip(full, prompt_text)) if a != b), min(len(full), len(prompt_text)))
+        raise DataError(source, row, field,
+                        "the chat template renders the prompt differently once the answer follows it (first difference "
+                        f"at character {at}: {prompt_text[at:at + 40]!r} with the generation prompt vs "
+                        f"{full[at:at + 40]!r} in the full conversation), so the completion cannot be cut from the "
+                        "conversation; templates that strip reasoning from answers do this: give completions as text")
     return full[len(prompt_text):]
 
 
@@ -117,7 +122,8 @@ def build_group(
 
 def tokenize_pair(ex: Pair, tokenizer, settings: TokenizeSettings, *, source="<data>", row=None, index=-1) -> TokenizedGroup:
     prompt_text = render_prompt(ex.prompt, tokenizer, settings)
-    comps = [_completion_text(ex.prompt, prompt_text, c, tokenizer) for c in (ex.chosen, ex.rejected)]
+    comps = [_completion_text(ex.prompt, prompt_text, c, tokenizer, source, row, f)
+             for c, f in ((ex.chosen, "chosen"), (ex.rejected, "rejected"))]
     conv = _is_conversation(ex.chosen)
     return build_group(prompt_text, comps, [1.0, 0.0], tokenizer, settings, add_eos=settings.add_eos and not conv,
                        source=source, row=row, fields=["chosen", "rejected"], index=index)
@@ -133,7 +139,8 @@ def tokenize_step_pair(ex: StepPair, tokenizer, settings: TokenizeSettings, *, s
 
 def tokenize_ranked(ex: RankedList, tokenizer, settings: TokenizeSettings, *, source="<data>", row=None, index=-1) -> TokenizedGroup:
     prompt_text = render_prompt(ex.prompt, tokenizer, settings)
-    comps = [_completion_text(ex.prompt, prompt_text, c, tokenizer) for c in ex.responses]
+    comps = [_completion_text(ex.prompt, prompt_text, c, tokenizer, source, row, f"responses[{j}]")
+             for j, c in enumerate(ex.responses)]
     conv = _is_conversation(ex.responses[0])
     return build_group(prompt_text, comps, [float(s) for s in ex.scores], tokenizer, settings,
                        add_eos=settings.add_eos and not conv, source=source, row=row,

@@ -35,7 +35,8 @@ class TrainConfig:
     progress_bar: bool = True
     # CUDA only. False: SDPA's cuDNN kernel is off while prefkit trains (restored after). cuDNN builds an execution
     # plan for every new tensor shape (0.3-1 s), and preference batches have a new length nearly every step
-    # (BENCHMARKS.md section 4). True: torch's own kernel choice.
+    # (BENCHMARKS.md section 4); it also returns NaN for a query row with no visible key (left padding), where the
+    # other kernels return 0 (prefkit's layouts avoid such rows; prefkit.pipelines.sampling). True: torch's choice.
     sdpa_cudnn: bool = False
 
     def __post_init__(self):
