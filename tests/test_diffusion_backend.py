@@ -104,6 +104,21 @@ def test_tiny_backend_save_and_from_pretrained(tmp_path):
         DiffusionBackend.from_pretrained(str(tmp_path / "bad"))
 
 
+@pytest.mark.parametrize("extra,match", [("text_encoder_2", "second text encoder"), ("transformer", "transformer/ denoiser")])
+def test_unsupported_pipeline_folders_are_named_at_load(tmp_path, extra, match):
+    """SDXL (two text encoders, pooled embeddings + time ids) and SD3/Flux (a transformer denoiser) folders stop
+    at load with what they are, not at the first UNet call with a missing-argument error."""
+    b = tiny()
+    b.save_pretrained(str(tmp_path / "m"))
+    (tmp_path / "m" / extra).mkdir()
+    if extra == "transformer":
+        import shutil
+
+        shutil.rmtree(tmp_path / "m" / "unet")
+    with pytest.raises(ValueError, match=match):
+        DiffusionBackend.from_pretrained(str(tmp_path / "m"))
+
+
 def test_sd_style_folder_with_vae_and_clip_tokenizer(tmp_path):
     from prefkit.diffusion.module import DiffusionPreferenceModule
     from prefkit.diffusion.tiny_sd import save_tiny_sd_pipeline

@@ -179,6 +179,14 @@ class DiffusionBackend:
         (SD ships PNDM/DDIM configs with the same betas)."""
         if not os.path.isdir(path):
             raise FileNotFoundError(f"DiffusionBackend.from_pretrained: {path!r} is not a local folder")
+        if os.path.isdir(os.path.join(path, "transformer")) and not os.path.isdir(os.path.join(path, "unet")):
+            raise ValueError(f"DiffusionBackend.from_pretrained: {path!r} holds a transformer/ denoiser (SD3, Flux, "
+                             "PixArt: flow matching or DiT); prefkit's diffusion backend trains Stable-Diffusion-1.x/2.x "
+                             "UNets (unet/ + one CLIP text encoder) for now")
+        if os.path.isdir(os.path.join(path, "text_encoder_2")):
+            raise ValueError(f"DiffusionBackend.from_pretrained: {path!r} has a second text encoder (SDXL: pooled "
+                             "text embeddings and size/crop time ids condition its UNet); prefkit's diffusion backend "
+                             "conditions on one CLIP text encoder (Stable Diffusion 1.x/2.x) for now")
         for sub in ("unet", "scheduler", "text_encoder", "tokenizer"):
             if not os.path.isdir(os.path.join(path, sub)):
                 raise FileNotFoundError(f"DiffusionBackend.from_pretrained: {path!r} has no {sub}/ folder")
