@@ -104,18 +104,19 @@ def test_tiny_backend_save_and_from_pretrained(tmp_path):
         DiffusionBackend.from_pretrained(str(tmp_path / "bad"))
 
 
-@pytest.mark.parametrize("extra,match", [("text_encoder_2", "second text encoder"), ("transformer", "transformer/ denoiser")])
-def test_unsupported_pipeline_folders_are_named_at_load(tmp_path, extra, match):
-    """SDXL (two text encoders, pooled embeddings + time ids) and SD3/Flux (a transformer denoiser) folders stop
-    at load with what they are, not at the first UNet call with a missing-argument error."""
+def test_unsupported_or_incomplete_pipeline_folders_are_named_at_load(tmp_path):
+    """SD3/Flux folders (a transformer denoiser) and an SDXL folder without its second tokenizer stop at load
+    with what they are, not at the first UNet call."""
+    import shutil
+
     b = tiny()
     b.save_pretrained(str(tmp_path / "m"))
-    (tmp_path / "m" / extra).mkdir()
-    if extra == "transformer":
-        import shutil
-
-        shutil.rmtree(tmp_path / "m" / "unet")
-    with pytest.raises(ValueError, match=match):
+    (tmp_path / "m" / "text_encoder_2").mkdir()
+    with pytest.raises(FileNotFoundError, match="text_encoder_2/ but no tokenizer_2/"):
+        DiffusionBackend.from_pretrained(str(tmp_path / "m"))
+    (tmp_path / "m" / "transformer").mkdir()
+    shutil.rmtree(tmp_path / "m" / "unet")
+    with pytest.raises(ValueError, match="transformer/ denoiser"):
         DiffusionBackend.from_pretrained(str(tmp_path / "m"))
 
 

@@ -96,16 +96,18 @@ def test_configs_parse_and_reject_unknown_keys(name):
         from_dict(cls, data)
 
 
-def test_prefkit_train_cli_on_a_local_sd_folder(tmp_path):
-    """End to end: `prefkit train` with both diffusion recipes on a tiny SD-style folder (VAE latents, CLIP text)."""
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_prefkit_train_cli_on_a_local_sd_folder(tmp_path, kind):
+    """End to end: `prefkit train` with both diffusion recipes on a tiny SD-style folder (VAE latents, CLIP text),
+    and on a tiny SDXL folder (two text encoders, pooled embeddings and time ids)."""
     import numpy as np
     import yaml
     from PIL import Image
 
     from prefkit.cli import main
-    from prefkit.diffusion.tiny_sd import save_tiny_sd_pipeline
+    from prefkit.diffusion.tiny_sd import save_tiny_sd_pipeline, save_tiny_sdxl_pipeline
 
-    sd = save_tiny_sd_pipeline(str(tmp_path / "sd"), latent_size=8)
+    sd = {"sd": save_tiny_sd_pipeline, "sdxl": save_tiny_sdxl_pipeline}[kind](str(tmp_path / kind), latent_size=8)
     rng = np.random.default_rng(0)
     (tmp_path / "data" / "img").mkdir(parents=True)
     rows = []

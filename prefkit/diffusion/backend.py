@@ -2,6 +2,7 @@
 and an optional VAE, with the folder layout of a Stable-Diffusion pipeline.
 
     backend = DiffusionBackend.from_pretrained("path/to/sd-folder")   # unet/ scheduler/ text_encoder/ tokenizer/ [vae/]
+    backend = DiffusionBackend.from_pretrained("path/to/sdxl-folder") # + text_encoder_2/ tokenizer_2/ (diffusion/sdxl.py)
     backend = build_tiny_backend(TinyConfig(sample_size=16))         # built from configs, for tests and the shapes world
 
 Without a VAE the UNet works in pixel space ("latents" == pixels in [-1, 1]). The text encoder and the
@@ -17,6 +18,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from prefkit.diffusion import sdxl
 from prefkit.diffusion.word_tokenizer import WordTokenizer
 
 
@@ -101,30 +103,52 @@ def build_vae(cfg: TinyConfig, latent_channels: int) -> AutoencoderKL:
 
 
 class DiffusionBackend:
-    """UNet + noise schedule + frozen text encoder (+ tokenizer) + optional frozen VAE."""
+    """UNet + noise schedule + frozen text encoder (+ tokenizer) + optional frozen VAE. SDXL: a second text
+    encoder (with projection) and tokenizer, and the UNet conditioned through prefkit.diffusion.sdxl."""
 
-    def __init__(self, unet, scheduler, text_encoder, tokenizer, vae=None):
+    def __init__(self, unet, scheduler, text_encoder, tokenizer, vae=None, *, text_encoder_2=None, tokenizer_2=None,
+                 force_zeros_for_empty_prompt: bool = True):
         self.unet, self.scheduler, self.text_encoder, self.tokenizer, self.vae = unet, scheduler, text_encoder, tokenizer, vae
-        for m in (text_encoder, vae):
+        self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2
+        self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
+        if sdxl.is_sdxl_unet(unet):
+            if text_encoder_2 is None or tokenizer_2 is None:
+                raise ValueError("DiffusionBackend: an SDXL UNet (addition_embed_type=text_time) needs text_encoder_2 "
+                                 "and tokenizer_2")
+            sdxl.attach(unet)
+        for m in (text_encoder, text_encoder_2, vae):
             if m is not None:
                 m.requires_grad_(False)
                 m.eval()
 
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
     # ---- text ----
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """(N, L, D) last hidden states of the text encoder; "" gives the unconditional embedding."""
+        """(N, L, D) last hidden states of the text encoder; "" gives the unconditional embedding. SDXL:
+        (N, L + 1, D), the pooled embedding and time ids packed as a last token (prefkit.diffusion.sdxl)."""
         self._follow_unet(self.text_encoder)
+        if self.is_sdxl:
+            self._follow_unet(self.text_encoder_2)
+            return sdxl.encode(prompts, (self.tokenizer, self.tokenizer_2), (self.text_encoder, self.text_encoder_2),
+                               (self.image_size, self.image_size), zero_empty=self.force_zeros_for_empty_prompt,
+                               device=self.device)
         max_len = min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings)
         enc = self.tokenizer(list(prompts), padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
         ids = enc["input_ids"].to(self.device)
         return self.text_encoder(ids).last_hidden_state
 
     def _follow_unet(self, module) -> None:
-        """The frozen parts live wherever the UNet is (the Trainer moves only the UNet)."""
+        """The frozen parts live wherever the UNet is (the Trainer moves only the UNet). A VAE whose config says
+        `force_upcast` (SDXL's overflows in float16) runs in float32, as diffusers' pipelines run it."""
         dev = self.device
         if next(module.parameters()).device != dev:
             module.to(dev)
+        if module is self.vae and getattr(module.config, "force_upcast", False) and module.dtype == torch.float16:
+            module.to(torch.float32)
 
     # ---- images <-> latents ----
     @property
@@ -147,7 +171,8 @@ class DiffusionBackend:
             return pixels.to(self.device)
         self._follow_unet(self.vae)
         dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
-        return dist.sample(generator) * self.vae.config.scaling_factor
+        unet_dtype = next(self.unet.parameters()).dtype  # an upcast VAE hands back float32
+        return (dist.sample(generator) * self.vae.config.scaling_factor).to(unet_dtype)
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
@@ -155,7 +180,8 @@ class DiffusionBackend:
         if self.vae is None:
             return latents.clamp(-1, 1)
         self._follow_unet(self.vae)
-        return self.vae.decode(latents / self.vae.config.scaling_factor).sample.clamp(-1, 1)
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        return self.vae.decode(latents).sample.clamp(-1, 1)
 
     # ---- save / load (Stable-Diffusion folder layout) ----
     def save_pretrained(self, path: str) -> None:
@@ -168,12 +194,18 @@ class DiffusionBackend:
             self.vae.save_pretrained(os.path.join(path, "vae"))
         index = {"_class_name": "PrefkitDiffusionBackend", "unet": ["diffusers", "UNet2DConditionModel"],
                  "scheduler": ["diffusers", "DDPMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"]}
+        if self.is_sdxl:
+            self.text_encoder_2.save_pretrained(os.path.join(path, "text_encoder_2"))
+            self.tokenizer_2.save_pretrained(os.path.join(path, "tokenizer_2"))
+            index.update(text_encoder_2=["transformers", "CLIPTextModelWithProjection"],
+                         force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt)
         with open(os.path.join(path, "model_index.json"), "w") as f:
             json.dump(index, f, indent=1)
 
     @classmethod
     def from_pretrained(cls, path: str, *, torch_dtype: torch.dtype = torch.float32) -> "DiffusionBackend":
-        """Load a local Stable-Diffusion-style folder (unet/, scheduler/, text_encoder/, tokenizer/, optional vae/).
+        """Load a local Stable-Diffusion-style folder (unet/, scheduler/, text_encoder/, tokenizer/, optional vae/;
+        SDXL: also text_encoder_2/ and tokenizer_2/, and model_index.json's force_zeros_for_empty_prompt).
 
         The training schedule is always a DDPMScheduler built from the folder's scheduler config
         (SD ships PNDM/DDIM configs with the same betas)."""
@@ -182,11 +214,7 @@ class DiffusionBackend:
         if os.path.isdir(os.path.join(path, "transformer")) and not os.path.isdir(os.path.join(path, "unet")):
             raise ValueError(f"DiffusionBackend.from_pretrained: {path!r} holds a transformer/ denoiser (SD3, Flux, "
                              "PixArt: flow matching or DiT); prefkit's diffusion backend trains Stable-Diffusion-1.x/2.x "
-                             "UNets (unet/ + one CLIP text encoder) for now")
-        if os.path.isdir(os.path.join(path, "text_encoder_2")):
-            raise ValueError(f"DiffusionBackend.from_pretrained: {path!r} has a second text encoder (SDXL: pooled "
-                             "text embeddings and size/crop time ids condition its UNet); prefkit's diffusion backend "
-                             "conditions on one CLIP text encoder (Stable Diffusion 1.x/2.x) for now")
+                             "and SDXL UNets (unet/ + CLIP text encoders) for now")
         for sub in ("unet", "scheduler", "text_encoder", "tokenizer"):
             if not os.path.isdir(os.path.join(path, sub)):
                 raise FileNotFoundError(f"DiffusionBackend.from_pretrained: {path!r} has no {sub}/ folder")
@@ -204,7 +232,20 @@ class DiffusionBackend:
         vae = None
         if os.path.isdir(os.path.join(path, "vae")):
             vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch_dtype)
-        return cls(unet, scheduler, text_encoder, tokenizer, vae)
+        sdxl_parts = {}
+        if os.path.isdir(os.path.join(path, "text_encoder_2")):  # SDXL
+            from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+            if not os.path.isdir(os.path.join(path, "tokenizer_2")):
+                raise FileNotFoundError(f"DiffusionBackend.from_pretrained: {path!r} has text_encoder_2/ but no tokenizer_2/")
+            index_file = os.path.join(path, "model_index.json")
+            index = json.load(open(index_file)) if os.path.isfile(index_file) else {}
+            sdxl_parts = dict(
+                text_encoder_2=CLIPTextModelWithProjection.from_pretrained(os.path.join(path, "text_encoder_2"),
+                                                                           torch_dtype=torch_dtype),
+                tokenizer_2=CLIPTokenizer.from_pretrained(os.path.join(path, "tokenizer_2")),
+                force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)))
+        return cls(unet, scheduler, text_encoder, tokenizer, vae, **sdxl_parts)
 
 
 def build_tiny_backend(cfg: TinyConfig, tokenizer=None, seed: int = 0) -> DiffusionBackend:

@@ -1,6 +1,7 @@
 """Tiny Stable-Diffusion-style folders built from configs (no download), for tests and offline checks.
 
     save_tiny_sd_pipeline(dir)   # model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/ (diffusers layout)
+    save_tiny_sdxl_pipeline(dir) # the same + text_encoder_2/, tokenizer_2/, an SDXL (text_time) UNet
     save_tiny_clip_model(dir)    # a CLIPModel + CLIPProcessor folder, for the CLIP-score reward
 
 The tokenizer is a real CLIPTokenizer whose byte-level BPE vocabulary has only single characters and
@@ -72,6 +73,34 @@ def save_tiny_sd_pipeline(path: str, seed: int = 0, latent_size: int = 8, max_le
                               set_alpha_to_one=False, steps_offset=1)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(path)
+    return path
+
+
+def save_tiny_sdxl_pipeline(path: str, seed: int = 0, latent_size: int = 8, max_len: int = 16) -> str:
+    """A randomly initialised StableDiffusionXLPipeline saved in diffusers layout: two CLIP text encoders (the
+    second with projection: the pooled embedding), a UNet with SDXL's text_time added conditioning, a 2x VAE."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tok = write_tiny_clip_tokenizer(os.path.join(path, "tokenizer"), max_len)
+    tok2 = write_tiny_clip_tokenizer(os.path.join(path, "tokenizer_2"), max_len)
+    text_encoder = CLIPTextModel(_tiny_text_config(len(tok), max_len))  # hidden 32
+    text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config(len(tok2), max_len))  # hidden 32, pooled 32
+    unet = UNet2DConditionModel(sample_size=latent_size, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
+                                cross_attention_dim=64, attention_head_dim=4, norm_num_groups=8,
+                                use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+                                projection_class_embeddings_input_dim=6 * 8 + 32)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                        norm_num_groups=8, sample_size=latent_size * 2)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       timestep_spacing="leading", steps_offset=1)
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tok,
+                                     tokenizer_2=tok2, unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True)
     pipe.save_pretrained(path)
     return path
 
