@@ -76,5 +76,5 @@ def test_precomputed_cache_key_names_the_sliding_window(tmp_path):
     torch.manual_seed(0)
     precompute_reference(MistralForCausalLM(cfg), GROUPS, 0, tmp_path / "sw")
     precompute_reference(tiny_causal_lm("qwen2", vocab_size=32), GROUPS, 0, tmp_path / "full")
-    assert [p.name.startswith("ref-sw4-") for p in (tmp_path / "sw").glob("ref-*")] == [True]
-    assert [p.name.startswith("ref-sw") for p in (tmp_path / "full").glob("ref-*")] == [False]
+    assert [p.name.startswith("ref-v2-sw4-") for p in (tmp_path / "sw").glob("ref-*")] == [True]
+    assert [p.name.startswith("ref-v2-sw") for p in (tmp_path / "full").glob("ref-*")] == [False]

@@ -120,6 +120,12 @@ class PrecomputedReference(Reference):
         raise RuntimeError("a precomputed reference is refreshed by recomputing it: call precompute_reference again")
 
 
+# Bumped when log-probs of unchanged weights and token ids change, so that no stale cache is reused:
+# "v2-" (session 5) = the head repeats Cohere's logit_scale and Granite's logits_scaling (earlier caches of those
+# models hold log-probs of unscaled logits). Version 1 had no tag.
+CACHE_VERSION = "v2-"
+
+
 def fingerprint_model(model) -> str:
     h = hashlib.sha256()
     for name, p in sorted(model.state_dict().items()):
@@ -145,7 +151,7 @@ def precompute_reference(model, groups: list[TokenizedGroup], pad_id: int, cache
     `sdpa_cudnn`: as train.sdpa_cudnn (off: no cuDNN attention plan per new batch shape)."""
     window, _ = sliding_window(_unwrap(model).config)  # a new key: caches written before the prefix layout
     sw = f"sw{window}-" if window else ""               # masked sliding windows (session 4) are not reused
-    key = f"ref-{sw}{fingerprint_model(model)}-{fingerprint_groups(groups)}"
+    key = f"ref-{CACHE_VERSION}{sw}{fingerprint_model(model)}-{fingerprint_groups(groups)}"
     path = Path(cache_dir) / f"{key}.safetensors"
     if path.exists():
         t = load_file(str(path))
