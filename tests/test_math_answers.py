@@ -26,6 +26,23 @@ def test_extract_answer_fallback_order():
     assert ma.extract_answer("nothing here") is None
 
 
+@pytest.mark.parametrize("text,answer", [
+    ("The answer is 18, so she pays 18 dollars.", "18"),  # the number after the marker, not the sentence
+    ("The answer is 42 apples.", "42"),
+    ("The answer is 10 - 4 = 6", "6"),
+    ("The answer is $1,234,567.", "1,234,567"),
+    (r"The answer is \frac{3}{4}.", r"\frac{3}{4}"),
+    ("The answer is 3/4.", "3/4"),
+    ("She has 42, which is the total", "42"),  # no trailing comma
+    ("Numbers: 3, 4, 5, and 1,000,000.", "1,000,000"),
+    ("Read pages 10-20", "20"),  # a hyphen is not a minus
+    ("The temperature fell to \u22125", "-5"),  # Unicode minus
+    ("Result: -7", "-7"),
+])
+def test_extract_answer_edge_cases(text, answer):
+    assert ma.extract_answer(text) == answer
+
+
 def test_gsm8k_gold():
     assert ma.gsm8k_gold("He has 3+4=7 <<3+4=7>>\n#### 1,234") == "1234"
     assert ma.gsm8k_gold("no marker") is None
@@ -35,8 +52,17 @@ def test_gsm8k_gold():
     ("0.5", r"\frac{1}{2}", True),
     ("1/2", r"\dfrac12", True),
     ("1,000", "1000", True),
-    ("3.0004", "3", True),  # within 1e-3 * max(1, |gold|)
+    ("3.0004", "3", True),  # within 1e-3
     ("3.01", "3", False),
+    ("1,234,567", "1234567", True),  # every thousands comma, not just the first
+    (r"\$1,000", "1000", True),
+    ("1001", "1000", False),  # absolute tolerance: a near-miss integer is wrong, however large
+    ("12350", "12345", False),
+    ("999", "1000", False),
+    ("1000", "999", False),  # and symmetric
+    ("0", "0.0009", True),
+    ("0.3333", r"\frac{1}{3}", True),
+    ("\u22125", "-5", True),  # Unicode minus
     ("12", "12.0", True),
     (r"\text{(A)}", "(A)", True),
     ("x = 5", "5", True),

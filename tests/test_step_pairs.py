@@ -113,6 +113,35 @@ def test_builder_three_stages_with_a_scripted_policy():
     assert len(rows_1) == 2
 
 
+def test_a_continuation_without_an_answer_does_not_borrow_the_prefixs_number():
+    """Gold 2 and a prefix ending in "Step 2:": a continuation with no number used to be "correct" (its answer
+    was read from prefix + continuation, whose last number is the step marker)."""
+    p = Problem(1, (("+", 1), ("*", 1)))  # 1 + 1 = 2, 2 * 1 = 2: the answer equals the next step's number
+    item = MathItem(p.question, str(p.answer), p.to_row(), 0)
+    prompt = "Question: " + p.question + "\nAnswer: "
+    bad = "Step 1: 1 + 1 = 2\nStep 2: 2 * 1 = 3\nThe answer is \\boxed{3}"
+    script = {prompt + PRE: [bad], prompt + PRE + "Step 1: 1 + 1 = 2\nStep 2:": [" Let me think about this."]}
+    rows, c = build_step_pairs(ScriptedSampler(script), [item], ArithmeticStepJudge(),
+                               StepPairsConfig(n_samples=1, n_rectify=1), log=lambda m: None)
+    assert rows == [] and c["continuations_wrong"] == 1
+
+
+@pytest.mark.parametrize("reply", ["I think it's fine.", "Step 1: correct"])
+def test_verify_chosen_drops_steps_the_judge_never_reached(reply):
+    """An unparseable reply, or one that stops before step k, verifies nothing: the chosen step is dropped and
+    counted, not kept as if judged correct."""
+    lucky = " 12 * 4 = 36\nThe answer is \\boxed{36}"  # a wrong step 2 that lands on the right answer
+    script = {PROMPT + PRE: [BAD2], PROMPT + PRE + "Step 1: 7 + 5 = 12\nStep 2:": [lucky]}
+    judge_model = ScriptedSampler({})
+    judge = LLMStepJudge(judge_model)
+    localise = judge.render(JudgeRequest(P.question, PRE + BAD2, "36", ITEM.row))
+    verify = judge.render(JudgeRequest(P.question, PRE + "Step 1: 7 + 5 = 12\nStep 2:" + lucky, "36", ITEM.row))
+    judge_model.script = {localise: ["Step 1: correct\nStep 2: incorrect"], verify: [reply]}
+    rows, c = build_step_pairs(ScriptedSampler(script), [ITEM], judge,
+                               StepPairsConfig(n_samples=1, n_rectify=1, verify_chosen=True), log=lambda m: None)
+    assert rows == [] and c["chosen_not_judged"] == 1 and c.get("chosen_rejected_by_judge", 0) == 0
+
+
 def test_rows_tokenize_as_step_pairs_for_the_core():
     from prefkit.data.loaders import parse_step_pair
     from prefkit.data.tokenize import TokenizeSettings, tokenize_step_pair

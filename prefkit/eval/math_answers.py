@@ -2,7 +2,7 @@
 
 Extraction (`extract_answer`): the last \\boxed{...} (brace-matched, so \\boxed{\\frac{1}{2}} works), else
 the text after the last "the answer is", else the last number in the text.
-Equivalence (`is_equiv`): numerically (|a - b| <= 1e-3 * max(1, |b|)), then as strings after
+Equivalence (`is_equiv`): numerically (|a - b| <= 1e-3), then as strings after
 normalisation, then symbolically: math-verify when it is installed, else sympy (simplify(a - b) == 0)
 under a timeout.
 """
@@ -14,7 +14,10 @@ import signal
 import threading
 from contextlib import contextmanager
 
-_NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+# A number: thousands commas only between groups of three digits (so "42," and "3, 4" end before the comma);
+# a minus sign only where it is not a hyphen between words or numbers ("pages 10-20" has no -20).
+_NUM = re.compile(r"(?<![\w.)\]])-?(?:\d{1,3}(?:,\d{3}(?!\d))+|\d+)(?:\.\d+)?|(?<![\w.)\]])-?\.\d+")
+_MINUSES = str.maketrans({"\u2212": "-", "\u2013": "-"})  # Unicode minus and en dash
 
 
 def _matching_brace(text: str, open_idx: int) -> int | None:
@@ -45,16 +48,31 @@ def extract_boxed(text: str) -> str | None:
     return best.strip() if best is not None else None
 
 
+def _answer_after_marker(tail: str) -> str | None:
+    """The answer that follows "the answer is": its leading number when it starts with one ("18, so she pays 18
+    dollars" -> "18"; "42 apples." -> "42"; "10 - 4 = 6" -> "6", the value after the last "="), else the
+    expression up to the end of the sentence."""
+    tail = tail.split("\n")[0].strip().strip("$ ")
+    if "=" in tail:
+        tail = tail.rsplit("=", 1)[1].strip().strip("$ ")
+    m = re.match(r"\\?\$?\s*(-?(?:\d{1,3}(?:,\d{3}(?!\d))+|\d+)(?:\.\d+)?(?:/\d+)?)(?![\d^{])", tail)
+    if m:
+        return m.group(1)
+    tail = re.split(r"[.,;](?:\s|$)", tail)[0]  # up to the end of the sentence
+    tail = re.sub(r"[.\s]+$", "", tail).strip("$ ")
+    return tail or None
+
+
 def extract_answer(text: str) -> str | None:
+    text = text.translate(_MINUSES)
     boxed = extract_boxed(text)
     if boxed is not None:
         return boxed
     m = list(re.finditer(r"the (?:final )?answer is[:\s]*", text, flags=re.IGNORECASE))
     if m:
-        tail = text[m[-1].end() :].strip().split("\n")[0].strip()
-        tail = re.sub(r"[.\s]+$", "", tail)
-        if tail:
-            return tail.strip("$ ")
+        ans = _answer_after_marker(text[m[-1].end() :])
+        if ans:
+            return ans
     nums = _NUM.findall(text)
     return nums[-1] if nums else None
 
@@ -67,7 +85,7 @@ def gsm8k_gold(answer_field: str) -> str | None:
 
 
 def normalize(s: str) -> str:
-    s = s.strip()
+    s = s.strip().translate(_MINUSES)
     s = re.sub(r"\\text\{\s*([^}]*)\}", r"\1", s)
     s = re.sub(r"\\(?:mbox|mathrm|textbf)\{([^}]*)\}", r"\1", s)
     for a, b in (("\\left", ""), ("\\right", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\ ", ""),
@@ -75,7 +93,7 @@ def normalize(s: str) -> str:
                  ("%", ""), ("$", ""), ("\\$", "")):
         s = s.replace(a, b)
     s = re.sub(r"^[a-zA-Z]\s*=\s*", "", s)  # "x = 5" -> "5"
-    s = re.sub(r"(\d),(\d{3})", r"\1\2", s)  # 1,000 -> 1000
+    s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)  # 1,000 -> 1000; 1,234,567 -> 1234567
     s = s.replace(" ", "").rstrip(".")
     s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)  # \frac12 -> \frac{1}{2}
     if re.fullmatch(r"-?\d+\.0+", s):
@@ -169,7 +187,7 @@ def is_equiv(pred: str | None, gold: str | None, *, symbolic: bool = True, timeo
         return False
     a, b = to_number(pred), to_number(gold)
     if a is not None and b is not None:
-        return abs(a - b) <= 1e-3 * max(1.0, abs(b))
+        return abs(a - b) <= 1e-3  # absolute and symmetric: 1001 is not 1000; 0.3333 is 1/3
     if normalize(pred) == normalize(gold):
         return True
     return symbolic and symbolic_equal(pred, gold, timeout)

@@ -157,7 +157,8 @@ def build_step_pairs(sampler, items: list[MathItem], judge: StepJudge, cfg: Step
         kept_any = False
         for cont in outs:
             c["continuations"] += 1
-            if not is_equiv(extract_answer(e.prefix + cont), items[e.item].gold):
+            if not is_equiv(extract_answer(cont), items[e.item].gold):  # the continuation's own answer: a
+                # continuation without one must not borrow the prefix's last number (e.g. "Step k:")
                 c["continuations_wrong"] += 1
                 continue
             c["continuations_correct"] += 1
@@ -182,6 +183,8 @@ def build_step_pairs(sampler, items: list[MathItem], judge: StepJudge, cfg: Step
         for (e, chosen, cont), v in zip(to_verify, checks):
             if v.first_wrong is not None and v.first_wrong <= e.step:
                 c["chosen_rejected_by_judge"] += 1
+            elif v.first_wrong is None and len(v.verdicts) <= e.step:  # the judge never reached step k
+                c["chosen_not_judged"] += 1  # (an unparseable or short reply): not verified, not kept
             else:
                 kept.append((e, chosen, cont))
         to_verify = kept
@@ -200,7 +203,8 @@ def build_step_pairs(sampler, items: list[MathItem], judge: StepJudge, cfg: Step
     log(f"[step-pairs] 3/3 rectification: {c['continuations']} continuations, {c['continuations_correct']} "
         f"reach the right answer; {c['errors_rectified']}/{len(errors)} errors rectified; dropped "
         f"{c['chosen_same_as_rejected']} chosen == rejected, {c['chosen_duplicates']} duplicate chosen, "
-        f"{c['chosen_rejected_by_judge']} rejected by the judge, {c['chosen_over_cap']} over the cap")
+        f"{c['chosen_rejected_by_judge']} rejected by the judge, {c['chosen_not_judged']} not judged up to their "
+        f"step, {c['chosen_over_cap']} over the cap")
     log(f"[step-pairs] {len(rows)} step pairs from {c['problems_with_pairs']} problems ({c['seconds']}s)")
     return rows, dict(c)
 
