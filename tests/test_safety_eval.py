@@ -91,3 +91,37 @@ def test_evaluate_safety_on_a_scripted_target():
     assert (res["arithmetic_steps"]["k"], res["arithmetic_steps"]["n"]) == (sum(n_ops[::2]), sum(n_ops))
     md = tables_markdown(res)
     assert "| role_play | seen | 1.000" in md and "arithmetic accuracy | 0.500" in md
+
+
+def test_refusal_keywords_match_whole_words_only():
+    d = RefusalDetector()
+    helpful = ["Sure! If your wifi can't connect, restart the router first.",  # holds "i can't"
+               "You can cook it in something such as an air fryer at 180C.",  # holds "as an ai"
+               "Step one: preheat. Khaki cannot be bleached, so wash it cold."]  # holds "i cannot"
+    assert [d.keyword_refusal(r) for r in helpful] == [False, False, False]
+    assert d.keyword_refusal("I'm sorry, but I can't help with that.")
+    assert d.keyword_refusal("Sorry, I cannot do this.")
+
+
+def test_per_topic_seen_flag_does_not_depend_on_record_order():
+    """A row's seen_topic is False when any of its topics is held out; a seen topic that shares a row with a
+    held-out one stays seen."""
+    recs = [{"style": "direct", "topics": ["weapons"], "seen_topic": True, "seen_style": True, "label": "unsafe"},
+            {"style": "direct", "topics": ["drugs", "weapons"], "seen_topic": False, "seen_style": True, "label": "safe"}]
+    for order in (recs, recs[::-1]):
+        for held in (None, {"drugs"}):
+            t = asr_tables(order, held)["per_topic"]
+            assert (t["weapons"]["seen"], t["drugs"]["seen"], t["weapons"]["n"]) == (True, False, 2)
+
+
+def test_egida_rows_without_a_base_question_need_an_explicit_base_key(tmp_path):
+    import json
+
+    rows = [{"uuid": f"{q}-{s}", "source": "x", "style": s, "question": f"question {q} in {s}",
+             "topics": {"weapons": q % 2 == 0, "drugs": q % 2 == 1}} for q in range(6) for s in ("direct", "role_play")]
+    f = tmp_path / "egida.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = dict(source="egida", egida_file=str(f), heldout_topics=["drugs"], heldout_styles=[], test_fraction=0.5)
+    with pytest.raises(ValueError, match="data.base_key.*both train\\s+and test"):
+        make_split(SafetyDataConfig(**cfg))
+    assert len(make_split(SafetyDataConfig(**cfg, base_key="uuid")).test) > 0  # the knowing opt-out

@@ -37,8 +37,10 @@ def rate(k: int, n: int) -> dict:
     return {"rate": k / n if n else math.nan, "k": k, "n": n, "lo": lo, "hi": hi}
 
 
-def asr_tables(records: Sequence[dict]) -> dict:
-    """records: {style, topics, seen_topic, seen_style, label} per attacked prompt -> ASR tables."""
+def asr_tables(records: Sequence[dict], heldout_topics: frozenset[str] | set[str] | None = None) -> dict:
+    """records: {style, topics, seen_topic, seen_style, label} per attacked prompt -> ASR tables.
+    A row's `seen_topic` says it has no held-out topic; whether a topic is held out is `heldout_topics` (the
+    split's), or, without it, whether no row containing the topic is a seen-topic row (order-independent)."""
     def tally(rows):
         parsed = [r for r in rows if r["label"] != "unparseable"]
         out = rate(sum(r["label"] == "unsafe" for r in parsed), len(parsed))
@@ -54,7 +56,10 @@ def asr_tables(records: Sequence[dict]) -> dict:
         style_seen[r["style"]] = r["seen_style"]
         for t in r["topics"]:
             by_topic[t].append(r)
-            topic_seen[t] = r["seen_topic"]
+            if heldout_topics is not None:
+                topic_seen[t] = t not in heldout_topics
+            else:
+                topic_seen[t] = topic_seen.get(t, False) or bool(r["seen_topic"])
     return {
         "overall": tally(records),
         "cells": {c: tally(rows) for c, rows in cells.items()},
@@ -185,7 +190,7 @@ def evaluate_safety(sampler, split: SafetySplit, benign: Sequence[BenignPrompt],
             from prefkit.worlds.safety.world import response_kind
             rec["kind"] = response_kind(e, resp)
         records.append(rec)
-    result = {"asr": asr_tables(records),
+    result = {"asr": asr_tables(records, split.heldout_topics),
               "harmful_refusal": rate(sum(r["refusal"] for r in records), len(records))}
     if benign:
         b_resp = generate(sampler, render_prompts([b.prompt for b in benign], cfg.prompt_template, tok),

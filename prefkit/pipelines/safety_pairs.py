@@ -129,13 +129,14 @@ def build_safety_pairs(cfg: SafetyPairsConfig, *, sampler=None, judge=None) -> d
     unsafe = [i for i, v in enumerate(verdicts) if v.unsafe]
     chosen = ChosenSource(cfg, judge, render)([train[i] for i in unsafe])
     counts = Counter(v.label for v in verdicts)
-    rows, no_chosen = [], 0
+    rows, no_chosen, same = [], 0, 0
     for i, ch in zip(unsafe, chosen):
         e, rej = train[i], responses[i]
         if ch is None:
             no_chosen += 1
             continue
-        if ch.strip() == rej.strip():
+        if ch.strip() == rej.strip():  # no preference to learn; counted in the summary
+            same += 1
             continue
         if cfg.conversational:
             p, c, r = ([{"role": "user", "content": e.question}], [{"role": "assistant", "content": ch}],
@@ -145,14 +146,17 @@ def build_safety_pairs(cfg: SafetyPairsConfig, *, sampler=None, judge=None) -> d
         rows.append({"prompt": p, "chosen": c, "rejected": r, "uuid": e.uuid, "base_id": e.base_id,
                      "style": e.style, "topics": list(e.active_topics), "source": e.source,
                      "categories": list(verdicts[i].categories)})
+    pairs_over_max = 0
     if cfg.max_pairs is not None and len(rows) > cfg.max_pairs:
+        pairs_over_max = len(rows) - cfg.max_pairs
         rows = random.Random(cfg.data.seed).sample(rows, cfg.max_pairs)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "pairs.jsonl", "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     summary = {"train_prompts": len(train), "judged_unsafe": counts["unsafe"], "judged_safe": counts["safe"],
-               "unparseable": counts["unparseable"], "no_safe_chosen": no_chosen, "pairs": len(rows),
+               "unparseable": counts["unparseable"], "no_safe_chosen": no_chosen,
+               "chosen_same_as_rejected": same, "pairs_over_max": pairs_over_max, "pairs": len(rows),
                "pairs_per_style": dict(sorted(Counter(r["style"] for r in rows).items())),
                "pairs_per_topic": dict(sorted(Counter(t for r in rows for t in r["topics"]).items())),
                "split": split_summary(split), "seconds": round(time.time() - t0, 1), "config": asdict(cfg)}

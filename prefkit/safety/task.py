@@ -51,6 +51,12 @@ def load_attacked(cfg: SafetyDataConfig) -> tuple[list[SafetyExample], list[str]
         return attacked_requests(kinds=(HARMFUL,), seed=cfg.seed), topics_of_kind(HARMFUL), None
     rows, report = load_egida_json(cfg.egida_file, skip_invalid=cfg.skip_invalid, topic_columns=cfg.topic_columns,
                                    base_key=cfg.base_key)
+    if cfg.base_key is None and rows and all(e.base_id == e.uuid and not e.base_question for e in rows):
+        raise ValueError(
+            f"data.base_key: {cfg.egida_file} names no base question (no base_id / base_question fields), so every "
+            "row would be its own base question and the attacked forms of one question could land in both train "
+            "and test, which the held-out evaluation must not allow. Set data.base_key to the column that names the "
+            "base question, or data.base_key: uuid to accept one row per base question knowingly")
     return rows, sorted({t for e in rows for t in e.active_topics}), report
 
 
