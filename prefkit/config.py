@@ -3,12 +3,14 @@
     cfg = load_config(RunConfig, "configs/dpo_tiny.yaml", ["train.learning_rate=1e-4"])
 
 An unknown key, a wrong type or a bad value is a ConfigError naming the key path (and the file).
-YAML is read with `yaml.safe_load`; nothing in a config is ever evaluated as code.
+YAML is read with `safe_load` below (yaml's SafeLoader, with YAML 1.2 booleans: only true / false, so
+`mixed_precision: no` is the string "no", not False); nothing in a config is ever evaluated as code.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -17,6 +19,24 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 import yaml
 
 T = TypeVar("T")
+
+_BOOL = "tag:yaml.org,2002:bool"
+
+
+class _SafeLoader12(yaml.SafeLoader):
+    """yaml.SafeLoader whose booleans are YAML 1.2's (true / false): YAML 1.1 also reads yes / no / on / off as
+    booleans, which turns `train.mixed_precision=no` into False."""
+
+
+_SafeLoader12.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_SafeLoader12.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def safe_load(stream):
+    """yaml.safe_load with YAML 1.2 booleans (see _SafeLoader12)."""
+    return yaml.load(stream, Loader=_SafeLoader12)  # noqa: S506 - a SafeLoader subclass
 
 
 class ConfigError(ValueError):
@@ -121,7 +141,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = safe_load(raw) if raw != "" else ""
         node = data
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -137,7 +157,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     if path is not None:
         try:
             with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f) or {}
+                data = safe_load(f) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(data, dict):

@@ -68,3 +68,13 @@ def test_yaml_is_safe_loaded(tmp_path):
 def test_apply_overrides_nested():
     d = apply_overrides({"a": {"b": 1}}, ["a.c=2", "x.y.z=true"])
     assert d == {"a": {"b": 1, "c": 2}, "x": {"y": {"z": True}}}
+
+
+def test_yaml_no_yes_on_off_are_strings_and_true_false_booleans(tmp_path):
+    """YAML 1.1 reads `no` as False, so `train.mixed_precision=no` used to be a type error."""
+    _, cfg = load_run_config("configs/dpo_tiny.yaml", ["train.mixed_precision=no", "train.tensorboard=false"])
+    assert cfg.train.mixed_precision == "no" and cfg.train.tensorboard is False
+    f = tmp_path / "c.yaml"
+    f.write_text(open("configs/dpo_tiny.yaml").read() + "\n")
+    _, cfg = load_run_config(str(f), ["train.mixed_precision=bf16", "train.progress_bar=False"])
+    assert cfg.train.mixed_precision == "bf16" and cfg.train.progress_bar is False

@@ -17,9 +17,25 @@ def test_sigmoid_hand_value():
 
 
 def test_ipo_hand_value():
-    # h = 2, beta = 0.5 -> (2 - 1/(2*0.5))^2 = (2 - 1)^2 = 1
-    losses, _, _ = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), beta=0.5, kind="ipo")
-    assert losses.item() == pytest.approx(1.0)
+    # one token each: per-token ratios +1 and -1, h_avg = 2, beta = 0.5 -> (2 - 1/(2*0.5))^2 = (2 - 1)^2 = 1
+    one = torch.tensor([1])
+    args = (torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]))
+    assert dpo_loss(*args, beta=0.5, kind="ipo", chosen_n_tokens=one, rejected_n_tokens=one)[0].item() == pytest.approx(1.0)
+    # chosen 4 tokens, rejected 2: per-token ratios +1/4 and -1/2, h_avg = 0.75 -> (0.75 - 1)^2 = 0.0625
+    losses, rc, rr = dpo_loss(*args, beta=0.5, kind="ipo", chosen_n_tokens=torch.tensor([4]),
+                              rejected_n_tokens=torch.tensor([2]))
+    assert losses.item() == pytest.approx(0.0625)
+    assert (rc.item(), rr.item()) == pytest.approx((0.5, -0.5))  # rewards stay beta x summed log-ratios
+    with pytest.raises(ValueError, match="n_tokens"):
+        dpo_loss(*args, beta=0.5, kind="ipo")
+
+
+def test_ipo_equals_trl_on_unequal_lengths():
+    """TRL's loss_type='ipo' (dpo_trainer.py: 'normalize by the number of completion tokens'), by hand: beta 0.1,
+    chosen 3 tokens with log-ratio 0.6, rejected 40 tokens with log-ratio -2.0 -> (0.2 + 0.05 - 5)^2 = 22.5625."""
+    losses, _, _ = dpo_loss(torch.tensor([-10.4]), torch.tensor([-52.0]), torch.tensor([-11.0]), torch.tensor([-50.0]),
+                            beta=0.1, kind="ipo", chosen_n_tokens=torch.tensor([3]), rejected_n_tokens=torch.tensor([40]))
+    assert losses.item() == pytest.approx(22.5625, rel=1e-5)
 
 
 def test_hinge_hand_value():
@@ -46,14 +62,14 @@ def test_ln2_when_policy_equals_reference(beta):
     assert torch.all(rc == 0) and torch.all(rr == 0)
 
 
-def _naive(pc, pr, rc, rr, beta, kind, ls):
+def _naive(pc, pr, rc, rr, beta, kind, ls, nc, nr):
     out = []
-    for a, b, c, d in zip(pc, pr, rc, rr):
+    for a, b, c, d, n_c, n_r in zip(pc, pr, rc, rr, nc, nr):
         h = (a - c) - (b - d)
         if kind == "sigmoid":
             out.append(-(1 - ls) * torch.log(1 / (1 + torch.exp(-beta * h))) - ls * torch.log(1 / (1 + torch.exp(beta * h))))
         elif kind == "ipo":
-            out.append((h - 1 / (2 * beta)) ** 2)
+            out.append(((a - c) / n_c - (b - d) / n_r - 1 / (2 * beta)) ** 2)
         else:
             out.append(torch.clamp(1 - beta * h, min=0))
     return torch.stack(out)
@@ -65,8 +81,9 @@ def test_gradients_match_naive(kind, ls):
     base = [torch.randn(8, dtype=torch.float64) for _ in range(4)]
     a = [t.clone().requires_grad_() for t in base]
     b = [t.clone().requires_grad_() for t in base]
-    fast = dpo_loss(*a, beta=0.3, kind=kind, label_smoothing=ls)[0]
-    slow = _naive(*b, 0.3, kind, ls)
+    nc, nr = torch.randint(1, 50, (8,)), torch.randint(1, 50, (8,))
+    fast = dpo_loss(*a, beta=0.3, kind=kind, label_smoothing=ls, chosen_n_tokens=nc, rejected_n_tokens=nr)[0]
+    slow = _naive(*b, 0.3, kind, ls, nc, nr)
     assert torch.allclose(fast, slow, atol=1e-10)
     fast.sum().backward()
     slow.sum().backward()

@@ -110,3 +110,14 @@ def test_precomputed_reference_passes_follow_sdpa_cudnn(tmp_path, monkeypatch, s
     _run(tmp_path, "pre", "method.reference=precomputed", f"method.reference_cache_dir={tmp_path / 'cache'}",
          f"train.sdpa_cudnn={str(setting).lower()}", "train.max_steps=1")
     assert seen == [setting]
+
+
+@pytest.mark.parametrize("reference", ["copy", "precomputed"])
+def test_bf16_first_step_is_ln2_with_either_reference(tmp_path, reference):
+    """Under train.mixed_precision=bf16 the precomputed reference is computed under the same autocast as the
+    policy's forward (as TRL's compute_ref_log_probs is), so step 1 is exactly ln 2 with zero rewards; computed
+    in float32 it was 0.693558 with margins -8e-4."""
+    m, _ = _run(tmp_path, reference, "train.mixed_precision=bf16", f"method.reference={reference}",
+                f"method.reference_cache_dir={tmp_path / 'cache'}", "train.max_steps=1")
+    assert m[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert m[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-7)

@@ -48,13 +48,12 @@ class DemoConfig:
 
 
 def load_demo_config(path: str | Path | None, overrides: list[str]) -> DemoConfig:
-    from prefkit.config import apply_overrides, from_dict
-    import yaml
+    from prefkit.config import apply_overrides, from_dict, safe_load
 
     data = {}
     if path is not None:
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
+            data = safe_load(f) or {}
     return from_dict(DemoConfig, apply_overrides(data, overrides))
 
 

@@ -2,7 +2,7 @@
 
 Rafailov et al. 2023, "Direct Preference Optimization", eq. 7:
     L = -log sigmoid( beta * [(logp_pi(y_w) - logp_ref(y_w)) - (logp_pi(y_l) - logp_ref(y_l))] )
-Variants on the same inputs: IPO (Azar et al. 2023, eq. 17), hinge (SLiC, Zhao et al. 2023) and
+Variants on the same inputs: IPO (Azar et al. 2023, eq. 17; on per-token log-ratios), hinge (SLiC, Zhao et al. 2023) and
 label smoothing (conservative DPO, Mitchell 2023). Step-DPO (Lai et al. 2024, eq. 2) is this loss with
 one reasoning step as the completion and the earlier correct steps in the context.
 """
@@ -23,6 +23,8 @@ def dpo_loss(
     beta: float = 0.1,
     kind: str = "sigmoid",
     label_smoothing: float = 0.0,
+    chosen_n_tokens: torch.Tensor | None = None,
+    rejected_n_tokens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-example DPO loss and implicit rewards.
 
@@ -31,7 +33,10 @@ def dpo_loss(
 
     kinds:
       * ``sigmoid``: -(1-ls) log sigmoid(beta*h) - ls log sigmoid(-beta*h)  with h the log-ratio margin
-      * ``ipo``:     (h - 1/(2 beta))^2
+      * ``ipo``:     (h_avg - 1/(2 beta))^2, h_avg the margin of per-token log-ratios (each completion's log-ratio
+                     divided by its token count, `chosen_n_tokens` / `rejected_n_tokens`, required): the form the
+                     IPO paper's results used, per its authors, and TRL's `loss_type="ipo"`; with summed log-ratios
+                     the 1/(2 beta) target would mean something different for every length
       * ``hinge``:   relu(1 - beta*h)
     """
     if kind not in DPO_KINDS:
@@ -46,7 +51,11 @@ def dpo_loss(
     if kind == "sigmoid":
         losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
     elif kind == "ipo":
-        losses = (h - 1.0 / (2.0 * beta)) ** 2
+        if chosen_n_tokens is None or rejected_n_tokens is None:
+            raise ValueError("dpo_loss: kind='ipo' needs chosen_n_tokens and rejected_n_tokens (per-token log-ratios)")
+        h_avg = (chosen_ratio / chosen_n_tokens.clamp(min=1).to(chosen_ratio.dtype)
+                 - rejected_ratio / rejected_n_tokens.clamp(min=1).to(rejected_ratio.dtype))  # (B,)
+        losses = (h_avg - 1.0 / (2.0 * beta)) ** 2
     else:  # hinge
         losses = torch.relu(1.0 - beta * h)
     return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()

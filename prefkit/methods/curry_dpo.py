@@ -170,8 +170,7 @@ def train_curriculum(
     refresh = method.refresh_reference
     cache = method.reference_cache_dir
     first = stage_groups[0] if refresh else [g for gs in stage_groups for g in gs]  # what a precomputed one covers
-    reference = build_reference(method.reference, policy, first, pad_id, cache, method.backend,
-                                sdpa_cudnn=train.sdpa_cudnn)
+    reference = build_reference(method.reference, policy, first, pad_id, cache, method.backend, train=train)
     objective = PairwiseDPO(method.beta, method.loss_kind, method.label_smoothing)
     collator = GroupCollator(pad_id, method.backend, method.pad_to_multiple_of)
     out = Path(train.output_dir)
@@ -182,7 +181,7 @@ def train_curriculum(
         if s > 0 and refresh:
             if method.reference == "precomputed":
                 reference = precompute_reference(policy, groups, pad_id, cache, backend=method.backend,
-                                                 sdpa_cudnn=train.sdpa_cudnn)
+                                                 sdpa_cudnn=train.sdpa_cudnn, mixed_precision=train.mixed_precision)
             else:
                 reference.refresh_from(policy)
         ref_words = f"policy after stage {s - 1}" if s > 0 and refresh else "initial policy"

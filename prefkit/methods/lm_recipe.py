@@ -125,19 +125,22 @@ class GroupCollator:
 
 
 def build_reference(kind: str, policy, groups, pad_id: int, cache_dir: str, backend: str, *,
-                    sdpa_cudnn: bool = False):
-    """`sdpa_cudnn`: train.sdpa_cudnn, which a precomputed reference's passes follow as training does."""
+                    train: TrainConfig | None = None):
+    """`train`: the run's train section; a precomputed reference's passes follow its sdpa_cudnn and
+    mixed_precision as the training steps do."""
     if kind == "precomputed":
-        return precompute_reference(policy, groups, pad_id, cache_dir, backend=backend, sdpa_cudnn=sdpa_cudnn)
+        t = train or TrainConfig()
+        return precompute_reference(policy, groups, pad_id, cache_dir, backend=backend, sdpa_cudnn=t.sdpa_cudnn,
+                                    mixed_precision=t.mixed_precision)
     return make_reference(kind, policy)
 
 
 def build_lm_module(policy, tokenizer, groups, method: LMMethodConfig, objective,
                     module_cls: type[LMPreferenceModule] = LMPreferenceModule, *,
-                    sdpa_cudnn: bool = False) -> LMPreferenceModule:
+                    train: TrainConfig | None = None) -> LMPreferenceModule:
     """Policy + the reference `method` asks for + `objective`, as one trainable module."""
     reference = build_reference(method.reference, policy, groups, tokenizer.pad_token_id,
-                                method.reference_cache_dir, method.backend, sdpa_cudnn=sdpa_cudnn)
+                                method.reference_cache_dir, method.backend, train=train)
     return module_cls(policy, reference, objective, tokenizer)
 
 
@@ -147,8 +150,7 @@ def train_lm(cfg: LMRunConfig, tokenizer, groups, report: LoadReport, objective,
     """Load the policy, build its reference, and train `objective` on the tokenized `groups` with the one
     Trainer. The run config written next to the checkpoints is `cfg` + `run_info` + the data report."""
     policy = load_causal_lm(cfg.model)
-    module = build_lm_module(policy, tokenizer, groups, cfg.method, objective, module_cls,
-                             sdpa_cudnn=cfg.train.sdpa_cudnn)
+    module = build_lm_module(policy, tokenizer, groups, cfg.method, objective, module_cls, train=cfg.train)
     collator = GroupCollator(tokenizer.pad_token_id, cfg.method.backend, cfg.method.pad_to_multiple_of)
     trainer = Trainer(cfg.train, module, groups, collator, eval_dataset=eval_groups,
                       run_config=asdict(cfg) | (run_info or {}) | {"data_report": report.summary()}, log=log)

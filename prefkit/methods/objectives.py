@@ -14,7 +14,8 @@ from prefkit.losses.rpo import dpo_nll_loss
 
 @dataclass
 class PairwiseDPO:
-    """Completion 0 is chosen, completion 1 rejected (K == 2). DPO / IPO / hinge / cDPO; Step-DPO too.
+    """Completion 0 is chosen, completion 1 rejected (K == 2). DPO / IPO (per-token log-ratios) / hinge / cDPO;
+    Step-DPO too.
     `rpo_alpha > 0` adds alpha x the length-normalised NLL of the chosen completion (RPO, Pang et al. 2024;
     TRL's `rpo_alpha`), logged as `nll_loss`."""
 
@@ -29,18 +30,22 @@ class PairwiseDPO:
 
     @property
     def needs_n_tokens(self) -> bool:
-        return self.rpo_alpha > 0
+        return self.rpo_alpha > 0 or self.kind == "ipo"
 
     def __call__(self, policy_logps, ref_logps, labels, mask, n_tokens=None):
         args = (policy_logps[:, 0], policy_logps[:, 1], ref_logps[:, 0], ref_logps[:, 1])
+        if self.needs_n_tokens and n_tokens is None:
+            raise ValueError(f"PairwiseDPO (kind={self.kind!r}, rpo_alpha={self.rpo_alpha}) needs the completions' "
+                             "token counts (n_tokens)")
+        counts = (n_tokens[:, 0], n_tokens[:, 1]) if n_tokens is not None else (None, None)
         nll = None
         if self.rpo_alpha > 0:
-            if n_tokens is None:
-                raise ValueError("PairwiseDPO with rpo_alpha > 0 needs the completions' token counts (n_tokens)")
-            losses, rc, rr, nll = dpo_nll_loss(*args, n_tokens[:, 0], beta=self.beta, alpha=self.rpo_alpha,
-                                               kind=self.kind, label_smoothing=self.label_smoothing)
+            losses, rc, rr, nll = dpo_nll_loss(*args, counts[0], beta=self.beta, alpha=self.rpo_alpha,
+                                               kind=self.kind, label_smoothing=self.label_smoothing,
+                                               rejected_n_tokens=counts[1])
         else:
-            losses, rc, rr = dpo_loss(*args, beta=self.beta, kind=self.kind, label_smoothing=self.label_smoothing)
+            losses, rc, rr = dpo_loss(*args, beta=self.beta, kind=self.kind, label_smoothing=self.label_smoothing,
+                                      chosen_n_tokens=counts[0], rejected_n_tokens=counts[1])
         pl = policy_logps.detach()
         metrics = {
             "rewards/chosen": rc.mean(),

@@ -23,11 +23,11 @@ RECIPES = {
 
 
 def load_run_config(path: str, overrides: list[str]):
-    from prefkit.config import from_dict
+    from prefkit.config import from_dict, safe_load
 
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+            data = safe_load(f) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except yaml.YAMLError as e:

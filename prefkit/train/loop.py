@@ -94,10 +94,23 @@ def check_output_dir(out: Path, overwrite: bool, resume: bool) -> None:
         (out / "metrics.jsonl").unlink(missing_ok=True)
 
 
+def _allow_new_precision(mixed_precision: str) -> None:
+    """accelerate keeps one AcceleratorState per process and refuses an Accelerator with another mixed precision
+    ("restart your runtime"), so a second run in one process (a notebook, an experiment's arms, a test) could not
+    switch between no / bf16 / fp16. The precision part is dropped then; the process group (PartialState) stays."""
+    from accelerate.state import AcceleratorState, DistributedType
+
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision", mixed_precision) != mixed_precision \
+            and shared.get("distributed_type") != DistributedType.DEEPSPEED:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     # Without a GPU, `cpu=True` lets accelerate see a torchrun / `accelerate launch --multi_gpu` world
     # (RANK/WORLD_SIZE set) as MULTI_CPU with gloo; otherwise every rank would think it is alone.
     no_gpu = not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
+    _allow_new_precision(cfg.mixed_precision)
     return Accelerator(gradient_accumulation_steps=cfg.grad_accum_steps, mixed_precision=cfg.mixed_precision,
                        cpu=no_gpu and not torch.backends.mps.is_available())
 
@@ -316,18 +329,17 @@ class Trainer:
                     dynamic_ncols=True)
         last_ckpt = None
         self.model.train()
+        window, t0 = self._new_window(step), time.perf_counter()  # a logging window may span an epoch's end
         while step < end:
             self.sampler.set_epoch(epoch)
             if hasattr(self.dl, "set_epoch"):
                 self.dl.set_epoch(epoch)
             dl = acc.skip_first_batches(self.dl, skip) if skip else self.dl
             micro = skip
-            window = self._new_window(step)
-            t0 = time.perf_counter()
             for batch in dl:
                 with acc.accumulate(self.model):
                     loss, metrics = self.model(batch)
-                    acc.backward(loss)
+                    acc.backward(loss * self._partial_window_scale(micro))
                     micro += 1
                     self._record(window, loss, metrics, batch)
                     if acc.sync_gradients:
@@ -386,6 +398,15 @@ class Trainer:
                 f.write(json.dumps(rec) + "\n")
             self.log(f"[prefkit] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in rec.items() if k != "step"))
         return rec
+
+    def _partial_window_scale(self, micro: int) -> float:
+        """accelerate divides every micro-batch's loss by grad_accum_steps; the last accumulation window of an epoch
+        can hold k < grad_accum_steps micro-batches (accelerate syncs at the end of the data loader), and its step
+        would get k / grad_accum_steps of the mean gradient. This factor makes it the mean over its k micro-batches,
+        as transformers' Trainer does (it divides by the window's own size). `micro`: micro-batches done this epoch."""
+        ga = self.cfg.grad_accum_steps
+        k = min(ga, self.micro_per_epoch - (micro // ga) * ga)
+        return ga / k if 0 < k < ga else 1.0
 
     def _new_window(self, step: int) -> dict:
         dev = self.accelerator.device

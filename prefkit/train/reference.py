@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from contextlib import nullcontext
 import json
 from pathlib import Path
 
@@ -143,15 +144,26 @@ def fingerprint_groups(groups: list[TokenizedGroup]) -> str:
     return h.hexdigest()[:16]
 
 
+def mixed_precision_autocast(mixed_precision: str, device: torch.device):
+    """The autocast the Trainer's forward runs under for train.mixed_precision (accelerate's choice: bf16 on any
+    device, fp16 on accelerators only)."""
+    if mixed_precision == "no" or (mixed_precision == "fp16" and device.type == "cpu"):
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)
+
+
 @torch.no_grad()
 def precompute_reference(model, groups: list[TokenizedGroup], pad_id: int, cache_dir: str | Path,
                          batch_size: int = 8, backend: str = "prefix",
-                         sdpa_cudnn: bool = False) -> PrecomputedReference:
+                         sdpa_cudnn: bool = False, mixed_precision: str = "no") -> PrecomputedReference:
     """Compute (or load from `cache_dir`) reference log-probs for every group; keyed by fingerprints.
-    `sdpa_cudnn`: as train.sdpa_cudnn (off: no cuDNN attention plan per new batch shape)."""
+    `sdpa_cudnn`: as train.sdpa_cudnn (off: no cuDNN attention plan per new batch shape). `mixed_precision`: as
+    train.mixed_precision, so the reference is computed in the precision the policy is (TRL's compute_ref_log_probs
+    runs under the accelerator's autocast too); part of the cache key."""
     window, _ = sliding_window(_unwrap(model).config)  # a new key: caches written before the prefix layout
     sw = f"sw{window}-" if window else ""               # masked sliding windows (session 4) are not reused
-    key = f"ref-{CACHE_VERSION}{sw}{fingerprint_model(model)}-{fingerprint_groups(groups)}"
+    mp = "" if mixed_precision == "no" else f"{mixed_precision}-"
+    key = f"ref-{CACHE_VERSION}{sw}{mp}{fingerprint_model(model)}-{fingerprint_groups(groups)}"
     path = Path(cache_dir) / f"{key}.safetensors"
     if path.exists():
         t = load_file(str(path))
@@ -161,7 +173,7 @@ def precompute_reference(model, groups: list[TokenizedGroup], pad_id: int, cache
     model.eval()
     table: dict[int, list[float]] = {}
     dev = next(model.parameters()).device
-    with cudnn_attention(sdpa_cudnn):
+    with cudnn_attention(sdpa_cudnn), mixed_precision_autocast(mixed_precision, dev):
         for s in range(0, len(groups), batch_size):
             chunk = groups[s : s + batch_size]
             batch = to_device(collate_groups(chunk, pad_id, backend), dev)
