@@ -87,3 +87,19 @@ def test_a_logging_window_spans_the_epoch_end(tmp_path):
 def test_a_nan_at_the_end_of_an_epoch_still_stops_training(tmp_path):
     with pytest.raises(loop.NonFiniteLossError, match="optimizer step 3"):
         _counting_trainer(tmp_path, nan_at=3).train()
+
+
+def test_the_schedule_does_not_advance_on_a_step_the_grad_scaler_skipped(tmp_path, monkeypatch):
+    """fp16: GradScaler skips an optimizer step whose gradients overflowed; the LR schedule must not move then
+    (transformers' Trainer checks optimizer_step_was_skipped too). Simulated: this CPU has no fp16 scaler."""
+    from accelerate import Accelerator
+
+    calls = iter([True, False, False, False])
+    monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped", property(lambda self: next(calls)))
+    cfg = TrainConfig(output_dir=str(tmp_path / "s"), learning_rate=1.0, max_steps=4, batch_size=1,
+                      warmup_ratio=0.0, lr_scheduler="linear", max_grad_norm=0.0, progress_bar=False)
+    trainer = loop.Trainer(cfg, Quadratic(), [{"x": X[i]} for i in range(5)], _collate, log=lambda *a: None)
+    trainer._save = lambda *a, **k: None
+    res = trainer.train()
+    # linear decay over 4 steps: 1, 0.75, 0.5, 0.25 after 1..4 scheduler steps; the first was skipped
+    assert [r["lr"] for r in res.history] == pytest.approx([1.0, 0.75, 0.5, 0.25])

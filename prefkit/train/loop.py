@@ -346,7 +346,8 @@ class Trainer:
                         if cfg.max_grad_norm > 0:
                             window["grad_norm"] = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                         self.optimizer.step()
-                        self.scheduler.step()
+                        if not acc.optimizer_step_was_skipped:  # fp16: the grad scaler skipped an inf/NaN step
+                            self.scheduler.step()
                         self.optimizer.zero_grad(set_to_none=True)
                         step += 1
                         self.global_step = step
