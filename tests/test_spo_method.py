@@ -57,7 +57,7 @@ def test_module_starts_at_ln2_and_only_the_policy_learns(lora):
         ref = copy.deepcopy(be.unet)
     ds = _tuples(be)
     batch = collate_tuples([ds[i] for i in range(len(ds))])
-    mod = SPOModule(be.unet, ref, eta=1.0, guidance_scale=3.0, beta=10.0, clip_eps=0.1,
+    mod = SPOModule(be.unet, ref, scheduler=be.scheduler, eta=1.0, guidance_scale=3.0, beta=10.0, clip_eps=0.1,
                     clip_sample=bool(be.scheduler.config.clip_sample))
     loss, metrics = mod(batch)
     assert float(loss.detach()) == pytest.approx(math.log(2), abs=1e-6)

@@ -76,7 +76,7 @@ def test_candidates_are_ddim_draws_and_winner_is_argmax():
     residuals = []
     for j in range(len(p)):
         t, b = int(p.timesteps[j]), int(p.rows[j])
-        eps, _ = guided_eps(unet, p.x_t[j:j + 1], t, cond[b:b + 1], uncond[b:b + 1], 3.0)
+        eps, _ = guided_eps(unet, p.x_t[j:j + 1], t, cond[b:b + 1], uncond[b:b + 1], 3.0, scheduler=sch)
         _, a_t, a_p = grid[int(p.step_index[j])]
         assert grid[int(p.step_index[j])][0] == t
         mu, sigma, _ = ddim_step_mean(p.x_t[j:j + 1], eps, a_t, a_p, 1.0)
@@ -86,7 +86,7 @@ def test_candidates_are_ddim_draws_and_winner_is_argmax():
             t_next, a_n, _ = grid[int(p.step_index[j]) + 1]
             scores = []
             for x in (p.x_w[j:j + 1], p.x_l[j:j + 1]):
-                e, _ = guided_eps(unet, x, t_next, cond[b:b + 1], uncond[b:b + 1], 3.0)
+                e, _ = guided_eps(unet, x, t_next, cond[b:b + 1], uncond[b:b + 1], 3.0, scheduler=sch)
                 scores.append(float(_score((x - (1 - a_n) ** 0.5 * e) / a_n**0.5, None, None)))
             assert scores[0] == pytest.approx(float(p.score_w[j]), rel=1e-4)
             assert scores[1] == pytest.approx(float(p.score_l[j]), rel=1e-4)
@@ -148,20 +148,42 @@ def test_guided_eps_per_row_timesteps_and_forward_count_match_the_cfg_formula():
     [uncond; cond], eps_u + w (eps_c - eps_u), per-row timesteps, CFG counting 2 forwards per row."""
     from prefkit.diffusion.ddim import guided_eps as plain_guided_eps
 
-    unet, _, cond, uncond = _setup(B=3)
+    unet, sch, cond, uncond = _setup(B=3)
     x = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([900, 500, 20])
     out = unet(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample
     e_u, e_c = out.chunk(2)
     expected = e_u + 3.0 * (e_c - e_u)
     unet.rows = 0
-    eps, n = guided_eps(unet, x, t, cond, uncond, 3.0)
+    eps, n = guided_eps(unet, x, t, cond, uncond, 3.0, scheduler=sch)
     assert torch.equal(eps, expected) and n == 6 and unet.rows == 6
     for i in range(3):  # per-row timesteps == one timestep per row
-        row, _ = guided_eps(unet, x[i:i + 1], int(t[i]), cond[i:i + 1], uncond[i:i + 1], 3.0)
+        row, _ = guided_eps(unet, x[i:i + 1], int(t[i]), cond[i:i + 1], uncond[i:i + 1], 3.0, scheduler=sch)
         torch.testing.assert_close(row, eps[i:i + 1])
-    assert torch.equal(plain_guided_eps(unet, x, t, cond, uncond, 3.0), eps)
+    assert torch.equal(plain_guided_eps(unet, x, t, cond, uncond, 3.0, scheduler=sch), eps)
     unet.rows = 0
-    eps1, n1 = guided_eps(unet, x, 500, cond, None, 3.0)  # no uncond: plain conditional eps, one forward per row
+    eps1, n1 = guided_eps(unet, x, 500, cond, None, 3.0, scheduler=sch)  # no uncond: plain conditional eps, one forward per row
     assert torch.equal(eps1, unet(x, torch.full((3,), 500), encoder_hidden_states=cond).sample) and n1 == 3
-    assert guided_eps(unet, x, 500, cond, uncond, 1.0)[1] == 3
+    assert guided_eps(unet, x, 500, cond, uncond, 1.0, scheduler=sch)[1] == 3
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_ddim_step_equals_diffusers_for_epsilon_and_v_prediction(prediction_type):
+    """SD 2.x-v UNets predict v: the DDIM/SPO steps convert it to eps first (to_epsilon), as diffusers'
+    DDIMScheduler does; the step then equals DDIMScheduler.step(eta=1) with the same noise."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from prefkit.diffusion.ddim import ddim_step, to_epsilon
+
+    dd = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                       prediction_type=prediction_type, clip_sample=False)
+    ddim = DDIMScheduler.from_config(dd.config, set_alpha_to_one=True, steps_offset=0)
+    ddim.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    x, out, z = (torch.randn(1, 4, 8, 8, generator=g) for _ in range(3))
+    t, a_t, a_p = ddim_schedule(dd, 10)[2]
+    step = ddim_step(x, to_epsilon(out, x, t, dd), a_t, a_p, eta=1.0, noise=z)
+    want = ddim.step(out, t, x, eta=1.0, variance_noise=z).prev_sample
+    torch.testing.assert_close(step.prev, want, atol=1e-5, rtol=0)
+    if prediction_type == "v_prediction":  # without the conversion the step lands far away
+        assert (ddim_step(x, out, a_t, a_p, eta=1.0, noise=z).prev - want).abs().max() > 0.5

@@ -85,24 +85,39 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor | float
     return DDIMStep(prev, mean, sigma, x0_hat)
 
 
+def to_epsilon(output: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor, scheduler) -> torch.Tensor:
+    """The UNet's output as a noise prediction, per the scheduler's prediction_type: epsilon as it is; v-prediction
+    (SD 2.x 768-v) as eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t, the conversion diffusers' DDIMScheduler makes.
+    Linear in the output, so it commutes with classifier-free guidance. `t`: one timestep or (N,)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return output
+    if kind != "v_prediction":
+        raise ValueError(f"prediction_type {kind!r} is not supported by the DDIM / SPO steps (epsilon, v_prediction)")
+    t = torch.as_tensor(t, device=x_t.device)
+    a = per_row(scheduler.alphas_cumprod.to(x_t.device)[t], x_t)  # scalar or (N, 1, 1, 1)
+    return a.sqrt() * output + (1.0 - a).sqrt() * x_t
+
+
 def guided_eps_and_forwards(unet, x: torch.Tensor, t: int | torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
-                            guidance: float) -> tuple[torch.Tensor, int]:
+                            guidance: float, *, scheduler) -> tuple[torch.Tensor, int]:
     """(eps_u + w (eps_c - eps_u), per-sample UNet forwards) with both halves in one UNet batch; plain eps_c
-    (one forward per sample) when w == 1 or no uncond. `t` is one timestep or (N,), one per row."""
+    (one forward per sample) when w == 1 or no uncond. `t` is one timestep or (N,), one per row. `scheduler`:
+    its prediction_type says what the UNet predicts (to_epsilon)."""
     n = x.shape[0]
     t = torch.as_tensor(t, device=x.device)
     tt = t.expand(n) if t.dim() == 0 else t  # (N,)
     if uncond is None or guidance == 1.0:
-        return unet(x, tt, encoder_hidden_states=cond).sample, n
+        return to_epsilon(unet(x, tt, encoder_hidden_states=cond).sample, x, t, scheduler), n
     out = unet(torch.cat([x, x]), torch.cat([tt, tt]), encoder_hidden_states=torch.cat([uncond, cond])).sample
     e_u, e_c = out.chunk(2)
-    return e_u + guidance * (e_c - e_u), 2 * n
+    return to_epsilon(e_u + guidance * (e_c - e_u), x, t, scheduler), 2 * n
 
 
 def guided_eps(unet, x: torch.Tensor, t: int | torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
-               guidance: float) -> torch.Tensor:
+               guidance: float, *, scheduler) -> torch.Tensor:
     """eps_u + w (eps_c - eps_u) with both halves in one UNet batch; plain eps_c when w == 1 or no uncond."""
-    return guided_eps_and_forwards(unet, x, t, cond, uncond, guidance)[0]
+    return guided_eps_and_forwards(unet, x, t, cond, uncond, guidance, scheduler=scheduler)[0]
 
 
 @torch.no_grad()
@@ -116,7 +131,7 @@ def ddim_sample(unet, scheduler, cond: torch.Tensor, uncond: torch.Tensor | None
     ac = scheduler.alphas_cumprod.to(x.device)
     clip = scheduler.config.get("clip_sample", False) if clip_sample is None else clip_sample
     for i, (t, t_prev) in enumerate(ddim_timesteps(scheduler.config.num_train_timesteps, num_steps)):
-        eps = guided_eps(unet, x, t, cond, uncond, guidance)
+        eps = guided_eps(unet, x, t, cond, uncond, guidance, scheduler=scheduler)
         step = ddim_step(x, eps, abar_at(ac, t), abar_at(ac, t_prev), eta=eta, clip_sample=clip, generator=generator)
         if callback is not None:
             callback(i, t, step)

@@ -143,7 +143,8 @@ def spo_sample(
     uncond_k = None if uncond is None else uncond.repeat(K, 1, 1)
     rows_k = torch.arange(B, device=dev).repeat(K)  # (K*B,)
     forwards, n_compared, kept, all_scores = 0, 0, [], []
-    eps, n = guided_eps_and_forwards(unet, x, sched[0][0], cond, uncond, cfg.guidance_scale)  # (B, C, H, W)
+    eps, n = guided_eps_and_forwards(unet, x, sched[0][0], cond, uncond, cfg.guidance_scale,
+                                     scheduler=scheduler)  # (B, C, H, W)
     forwards += n
     for i, (t, a_t, a_p) in enumerate(tqdm(sched, desc="spo sample", disable=not progress, leave=False)):
         mu, sigma, _ = ddim_mean(x, eps, a_t, a_p, cfg.eta, clip_sample=clip)
@@ -152,7 +153,8 @@ def spo_sample(
             # ordinary single chain (and deterministic steps, e.g. alpha_bar_prev = 1 at the end: no diversity)
             x = mu + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(dev)
             if not last:
-                eps, n = guided_eps_and_forwards(unet, x, sched[i + 1][0], cond, uncond, cfg.guidance_scale)
+                eps, n = guided_eps_and_forwards(unet, x, sched[i + 1][0], cond, uncond, cfg.guidance_scale,
+                                                 scheduler=scheduler)
                 forwards += n
             continue
         z = torch.randn((K, *x.shape), generator=generator, dtype=x.dtype).to(dev)  # (K, B, C, H, W)
@@ -161,7 +163,8 @@ def spo_sample(
             x0_c, t_score, eps_c = cands, torch.zeros(K * B, dtype=torch.long, device=dev), None
         else:
             t_next, a_n, _ = sched[i + 1]
-            eps_c, n = guided_eps_and_forwards(unet, cands, t_next, cond_k, uncond_k, cfg.guidance_scale)  # (K*B, C, H, W)
+            eps_c, n = guided_eps_and_forwards(unet, cands, t_next, cond_k, uncond_k, cfg.guidance_scale,
+                                               scheduler=scheduler)  # (K*B, C, H, W)
             forwards += n
             x0_c = (cands - (1.0 - a_n) ** 0.5 * eps_c) / a_n**0.5
             if clip:

@@ -98,9 +98,11 @@ class SPOModule(torch.nn.Module):
     """forward(batch of kept tuples) -> (SPO loss, metrics). Winner and loser share the parent x_t and t,
     so one policy pass and one reference pass per tuple give both log-probabilities."""
 
-    def __init__(self, unet, reference_unet=None, *, eta: float, guidance_scale: float, beta: float = 10.0,
+    def __init__(self, unet, reference_unet=None, *, scheduler, eta: float, guidance_scale: float, beta: float = 10.0,
                  clip_eps: float = 0.1, train_cfg: bool = True, clip_sample: bool = False):
+        """`scheduler`: the backend's; its prediction_type says whether the UNet predicts epsilon or v."""
         super().__init__()
+        object.__setattr__(self, "scheduler", scheduler)
         if reference_unet is None and not has_lora(unet):
             raise ValueError("SPOModule: give a frozen reference_unet, or add LoRA adapters to the UNet")
         self.unet = unet
@@ -117,7 +119,7 @@ class SPOModule(torch.nn.Module):
     def _eps(self, unet, batch: dict) -> tuple[torch.Tensor, int]:
         uncond = batch["uncond"] if self.train_cfg else None
         return guided_eps_and_forwards(unet, batch["x_t"], batch["timesteps"], batch["cond"], uncond,
-                                       self.guidance_scale if self.train_cfg else 1.0)
+                                       self.guidance_scale if self.train_cfg else 1.0, scheduler=self.scheduler)
 
     def forward(self, batch: dict):
         x_t, a_t, a_p = batch["x_t"], batch["alpha_bar_t"], batch["alpha_bar_prev"]
@@ -228,7 +230,7 @@ def train_spo(backend, reference_unet, score_fn_for: Callable, next_prompts: Cal
     unet, reference = backend.unet, reference_unet
     clip = m.sampler.clip_sample
     clip = bool(backend.scheduler.config.get("clip_sample", False)) if clip is None else clip
-    module = SPOModule(unet, reference, eta=m.sampler.eta, guidance_scale=m.sampler.guidance_scale, beta=m.beta,
+    module = SPOModule(unet, reference, scheduler=backend.scheduler, eta=m.sampler.eta, guidance_scale=m.sampler.guidance_scale, beta=m.beta,
                        clip_eps=m.clip_eps, train_cfg=m.train_cfg, clip_sample=clip)
     # rounds are not resumable units: no checkpoints (run() saves the model), and a new run replaces an earlier one's
     # metrics; OUTPUT/metrics.jsonl counts optimizer steps over all rounds
@@ -288,7 +290,8 @@ def guided_x0_fn(backend, guidance_scale: float, clip_sample: bool):
     @torch.no_grad()
     def denoise(x_t, t, batch):
         cond = batch["text"]
-        eps, n = guided_eps_and_forwards(backend.unet, x_t, t, cond, uncond1.expand_as(cond), guidance_scale)
+        eps, n = guided_eps_and_forwards(backend.unet, x_t, t, cond, uncond1.expand_as(cond), guidance_scale,
+                                         scheduler=backend.scheduler)
         a = backend.scheduler.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1)
         x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
         return (x0.clamp(-1, 1) if clip_sample else x0), n  # n: CFG counts 2 per item
