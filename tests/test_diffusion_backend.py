@@ -141,3 +141,39 @@ def test_sd_style_folder_with_vae_and_clip_tokenizer(tmp_path):
     assert loss.item() == pytest.approx(0.693147, abs=1e-5)  # policy == reference
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in b.unet.named_parameters() if "lora_" in n)
+
+
+def test_saved_lora_loads_with_diffusers_load_lora_weights(tmp_path):
+    """What prefkit writes is diffusers' LoRA format: StableDiffusionPipeline.load_lora_weights(dir) gives the trained
+    UNet's outputs, alpha != rank included; prefkit's load_lora reads it and the format it wrote before."""
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from prefkit.diffusion.lora import LORA_CONFIG, OLD_LORA_WEIGHTS
+    from prefkit.diffusion.tiny_sd import save_tiny_sd_pipeline
+
+    sd_dir = save_tiny_sd_pipeline(str(tmp_path / "sd"), latent_size=8)
+    b = DiffusionBackend.from_pretrained(sd_dir)
+    add_lora(b.unet, rank=2, alpha=8.0)
+    with torch.no_grad():
+        for n, p in b.unet.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.05)
+    x, t, c = torch.randn(1, 4, 8, 8), torch.tensor([400]), b.encode_text(["a red square"])
+    with torch.no_grad():
+        trained = b.unet(x, t, encoder_hidden_states=c).sample
+    save_lora(b.unet, str(tmp_path / "lora"))
+    pipe = StableDiffusionPipeline.from_pretrained(sd_dir, safety_checker=None, requires_safety_checker=False)
+    pipe.load_lora_weights(str(tmp_path / "lora"))
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.unet(x, t, encoder_hidden_states=c).sample, trained, atol=1e-5, rtol=0)
+        again = load_lora(DiffusionBackend.from_pretrained(sd_dir).unet, str(tmp_path / "lora"))
+        torch.testing.assert_close(again(x, t, encoder_hidden_states=c).sample, trained, atol=1e-5, rtol=0)
+    old = tmp_path / "old"  # the format of earlier prefkit runs
+    old.mkdir()
+    save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(b.unet).items()}, str(old / OLD_LORA_WEIGHTS))
+    (old / LORA_CONFIG).write_text('{"r": 2, "lora_alpha": 8.0, "target_modules": ["to_k", "to_out.0", "to_q", "to_v"]}')
+    with torch.no_grad():
+        from_old = load_lora(DiffusionBackend.from_pretrained(sd_dir).unet, str(old))
+        torch.testing.assert_close(from_old(x, t, encoder_hidden_states=c).sample, trained, atol=1e-5, rtol=0)

@@ -61,7 +61,7 @@ def test_rankdpo_trains_lora_only_and_starts_at_ln2(tmp_path):
     for n, p in b.unet.named_parameters():
         if "lora_" not in n:
             assert torch.equal(p, base[n.replace(".base_layer", "")]), n
-    assert (tmp_path / "run" / "model" / "lora_weights.safetensors").exists()
+    assert (tmp_path / "run" / "model" / "pytorch_lora_weights.safetensors").exists()
 
 
 def test_dpo_with_frozen_copy_reference():
@@ -128,4 +128,4 @@ def test_prefkit_train_cli_on_a_local_sd_folder(tmp_path, kind):
         assert main(["train", str(path)]) == 0
         first = json.loads(open(tmp_path / name / "metrics.jsonl").readline())
         assert first["loss"] == pytest.approx(LN2, abs=1e-4)  # uniform / pairwise at policy == reference
-        assert (tmp_path / name / "model" / "lora_weights.safetensors").exists()
+        assert (tmp_path / name / "model" / "pytorch_lora_weights.safetensors").exists()

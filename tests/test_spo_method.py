@@ -138,7 +138,7 @@ def test_run_on_tiny_sd_folder_with_local_clip_step_scorer(tmp_path):
     res = run(cfg, log=lambda *a: None)
     rounds = [json.loads(line) for line in (tmp_path / "out" / "spo_rounds.jsonl").read_text().splitlines()]
     assert rounds[-1]["pairs"] == 4 and rounds[-1]["policy_forwards"] == 8
-    assert (tmp_path / "out" / "model" / "lora_weights.safetensors").exists()
+    assert (tmp_path / "out" / "model" / "pytorch_lora_weights.safetensors").exists()
     assert res.global_step == 1
 
 

@@ -66,7 +66,7 @@ class DiffusionPreferenceModule(torch.nn.Module):
         return losses.mean(), metrics
 
     def save_pretrained(self, path) -> None:
-        """LoRA adapters (lora_weights.safetensors + lora_config.json), or the full UNet (diffusers format)."""
+        """LoRA adapters (diffusers LoRA format: pipe.load_lora_weights loads them), or the full UNet (diffusers format)."""
         path = str(path)
         if has_lora(self.unet):
             save_lora(self.unet, path)
