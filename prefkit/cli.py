@@ -12,6 +12,7 @@ dispatches (imports are lazy so `prefkit --help` stays fast).
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS: dict[str, dict[str, str] | str] = {
@@ -62,7 +63,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         target, rest = target[rest[0]], rest[1:]
     module = importlib.import_module(target)
-    return int(module.cli_main(rest) or 0)
+    try:
+        return int(module.cli_main(rest) or 0)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:  # the user's to fix: a message, not a traceback
+        if os.environ.get("PREFKIT_TRACEBACK"):
+            raise
+        print(f"prefkit {cmd}: error: {e}\n(set PREFKIT_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -23,6 +23,37 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to `path` through a temporary file and a rename: a crash leaves the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    tmp.replace(path)
+
+
+def truncate_metrics(path: Path, last_step: int) -> int:
+    """Keep the metrics.jsonl lines of steps <= last_step (a resumed run logs the later ones again) and drop a
+    line torn by a crash; atomic. Returns the number of lines dropped."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(rec, dict) and rec.get("step", 0) <= last_step:
+            kept.append(line)
+        else:
+            dropped += 1
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(k + "\n" for k in kept))
+    tmp.replace(path)
+    return dropped
+
+
 def tmp_dir_for(output_dir: Path, step: int) -> Path:
     return output_dir / f"checkpoint-{step}.tmp"
 

@@ -1,4 +1,5 @@
-"""`prefkit resume OUTPUT_DIR [key=value ...]`: continue a run from its newest complete checkpoint."""
+"""`prefkit resume OUTPUT_DIR`: continue a run from its newest complete checkpoint, with the configuration it
+was started with (run_config.json); a configuration that differs from the checkpoint's is refused."""
 from __future__ import annotations
 
 import argparse

@@ -136,8 +136,8 @@ class Trainer:
             check_output_dir(self.out, cfg.overwrite, resume)
             self.out.mkdir(parents=True, exist_ok=True)
             if self.run_config is not None:
-                (self.out / "run_config.json").write_text(json.dumps(self.run_config, indent=1, default=str))
-            (self.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+                ckpt_io.write_json_atomic(self.out / "run_config.json", self.run_config)
+            ckpt_io.write_json_atomic(self.out / "train_config.json", asdict(cfg))
         acc.wait_for_everyone()
 
     def _data_loader(self, dataset, seed: int) -> DataLoader:
@@ -204,22 +204,57 @@ class Trainer:
         if acc.is_main_process:
             acc.unwrap_model(self.model).save_pretrained(tmp / "model")
             state = {"global_step": step, "epoch": epoch, "micro_batches_done_in_epoch": micro_done,
-                     "seed": self.cfg.seed, "num_processes": acc.num_processes}
+                     "seed": self.cfg.seed, "num_processes": acc.num_processes,
+                     "run_config": json.loads(json.dumps(self._config_record(), default=str))}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
             ckpt_io.finalize(tmp, final, {"global_step": step})
             ckpt_io.prune(self.out, self.cfg.save_total_limit)
         acc.wait_for_everyone()
         return final
 
+    def _config_record(self) -> dict:
+        """What a checkpoint remembers of the configuration it was trained with (compared at resume)."""
+        return {"run": self.run_config, "train": asdict(self.cfg)}
+
+    def _check_same_config(self, ck: Path, saved: dict | None) -> None:
+        """Resuming continues the run it was: a changed config (data, method, learning rate, LoRA...) would be
+        applied only in part (the restored optimizer keeps its learning rate, shapes fail to load), so refuse."""
+        if saved is None:  # a checkpoint written before session 5 carries no config
+            return
+        now = json.loads(json.dumps(self._config_record(), default=str))
+        ignore = ("train.output_dir", "train.overwrite", "train.progress_bar")  # where a run is, how it shows
+
+        def flat(d, prefix=""):
+            out = {}
+            for k, v in (d or {}).items():
+                key = f"{prefix}{k}"
+                out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
+            return out
+
+        a, b = flat(saved), flat(now)
+        diff = sorted(k.split(".", 1)[1] for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.endswith(ignore))
+        if diff:
+            shown = ", ".join(f"{k}: {a.get('run.' + k, a.get('train.' + k))!r} -> "
+                              f"{b.get('run.' + k, b.get('train.' + k))!r}" for k in diff[:6])
+            raise ValueError(f"{ck}: the configuration differs from the one this checkpoint was trained with ({shown}"
+                             f"{', ...' if len(diff) > 6 else ''}); resume continues the same run. Start a new run "
+                             "(another train.output_dir) to change it")
+
     def _restore(self) -> tuple[int, int, int]:
         ck = ckpt_io.latest_valid(self.out, log=self.log)
         if ck is None:
             raise FileNotFoundError(f"{self.out}: no complete checkpoint to resume from")
         state = json.loads((ck / "trainer_state.json").read_text())
+        self._check_same_config(ck, state.get("run_config"))
         if state.get("num_processes", 1) != self.accelerator.num_processes:
             self.log(f"[prefkit] note: checkpoint made with {state['num_processes']} processes, resuming with "
                      f"{self.accelerator.num_processes}; the data order will differ from an uninterrupted run")
         self.accelerator.load_state(str(ck / "state"))
+        if self.accelerator.is_main_process:
+            dropped = ckpt_io.truncate_metrics(self.out / "metrics.jsonl", state["global_step"])
+            if dropped:
+                self.log(f"[prefkit] metrics.jsonl: {dropped} line(s) after step {state['global_step']} dropped "
+                         "(they are logged again)")
         self.log(f"[prefkit] resumed from {ck} (step {state['global_step']})")
         return state["global_step"], state["epoch"], state["micro_batches_done_in_epoch"]
 

@@ -1,0 +1,48 @@
+"""Resuming continues the same run: a checkpoint remembers its configuration and a changed one is refused (it
+would be applied only in part); metrics.jsonl loses the lines after the checkpoint (they are logged again, and
+a line torn by a crash goes); the CLI reports such errors as one message."""
+import json
+import shutil
+
+import pytest
+
+from prefkit.cli import main
+from prefkit.train.cli_train import load_run_config
+
+
+def _train(out, *extra):
+    module, cfg = load_run_config("configs/dpo_tiny.yaml", [f"train.output_dir={out}", "train.progress_bar=false",
+                                                            "train.max_steps=4", "train.save_steps=2", *extra])
+    module.run(cfg, log=lambda *a: None)
+
+
+def test_resume_refuses_a_changed_config_and_truncates_metrics(tmp_path, capsys):
+    out = tmp_path / "run"
+    _train(out)
+    shutil.rmtree(out / "checkpoint-4")  # as if killed after step 4 was logged, before its checkpoint
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]
+    (out / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 5, "loss": 0.2')  # and a torn last line
+    rc = json.loads((out / "run_config.json").read_text())
+    edited = json.loads(json.dumps(rc))
+    edited["method"]["beta"] = 0.5
+    edited["train"]["learning_rate"] = 0.01
+    (out / "run_config.json").write_text(json.dumps(edited))
+    assert main(["resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "configuration differs" in err and "method.beta: 0.1 -> 0.5" in err and "learning_rate" in err
+    assert "Traceback" not in err
+    (out / "run_config.json").write_text(json.dumps(rc))  # the original: resumes
+    assert main(["resume", str(out)]) == 0
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # 3 and 4 logged once, from the resumed run; the torn line is gone
+
+
+def test_existing_output_dir_is_a_message_not_a_traceback(tmp_path, capsys):
+    out = tmp_path / "run"
+    _train(out, "train.max_steps=1", "train.save_steps=0")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(open("configs/dpo_tiny.yaml").read())
+    assert main(["train", str(cfg), f"train.output_dir={out}", "train.progress_bar=false", "train.overwrite=false"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "Traceback" not in err
