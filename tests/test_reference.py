@@ -78,3 +78,20 @@ def test_precomputed_cache_key_names_the_sliding_window(tmp_path):
     precompute_reference(tiny_causal_lm("qwen2", vocab_size=32), GROUPS, 0, tmp_path / "full")
     assert [p.name.startswith("ref-v2-sw4-") for p in (tmp_path / "sw").glob("ref-*")] == [True]
     assert [p.name.startswith("ref-v2-sw") for p in (tmp_path / "full").glob("ref-*")] == [False]
+
+
+def test_disable_dropout_reaches_attention_rates_and_keeps_the_config():
+    """Llama-style attention copies config.attention_dropout into the module at init and hands it to SDPA:
+    zeroing the config afterwards changed nothing (dropout stayed on) and wrote 0.0 into the saved config."""
+    import transformers as T
+
+    from prefkit.models.loading import disable_dropout
+
+    cfg = T.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.5)
+    model = T.LlamaForCausalLM(cfg).train()
+    ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(model(ids).logits, model(ids).logits)  # dropout on
+    disable_dropout(model)
+    assert torch.equal(model(ids).logits, model(ids).logits)
+    assert model.config.attention_dropout == 0.5  # the saved config keeps the base model's rate

@@ -61,14 +61,19 @@ def load_tokenizer(cfg: ModelConfig):
     return tok
 
 
+_DROPOUT_FLOATS = ("attention_dropout", "dropout", "attn_dropout", "hidden_dropout", "dropout_p")
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout off in the modules (nn.Dropout layers, and the float rates attention modules copy from the config at
+    init and pass to SDPA, e.g. Llama's `self.attention_dropout`), not in the config: the saved config.json keeps the
+    base model's rates for whoever fine-tunes the result next."""
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-    cfg = getattr(model, "config", None)
-    for k in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "attn_pdrop", "embd_pdrop"):
-        if cfg is not None and isinstance(getattr(cfg, k, None), float):
-            setattr(cfg, k, 0.0)
+        for k in _DROPOUT_FLOATS:
+            if isinstance(getattr(m, k, None), float) and not isinstance(m, torch.nn.Dropout):
+                setattr(m, k, 0.0)
 
 
 def load_causal_lm(cfg: ModelConfig):
