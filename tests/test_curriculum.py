@@ -270,5 +270,8 @@ def test_interrupted_curriculum_resumes_to_the_same_policy(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         go(tmp_path / "cut", stop_at=2)
     assert not (tmp_path / "cut" / "stage-2").exists()
+    # as a crash inside stage 2, before its first checkpoint, leaves it (train.overwrite is false here)
+    (tmp_path / "cut" / "stage-2").mkdir()
+    (tmp_path / "cut" / "stage-2" / "metrics.jsonl").write_text('{"step": 1, "loss": 0.7}\n')
     resumed = go(tmp_path / "cut", resume=True)
     assert _same(resumed, full, atol=1e-6)

@@ -193,9 +193,13 @@ def train_curriculum(
         if on_stage_start is not None:
             on_stage_start(s, module)
         stage_dir = out / f"stage-{s}"
-        cfg_s = replace(train, output_dir=str(stage_dir), seed=train.seed + s, max_steps=steps[s])
+        restorable = resume and _has_checkpoint(stage_dir)
+        # resuming into a stage that crashed before its first checkpoint: it restarts from the previous stage's end
+        # (its partial metrics go), rather than stopping at "already holds a run"
+        cfg_s = replace(train, output_dir=str(stage_dir), seed=train.seed + s, max_steps=steps[s],
+                        overwrite=train.overwrite or (resume and not restorable))
         trainer = Trainer(cfg_s, module, groups, collator, log=log)
-        result = trainer.train(resume=resume and _has_checkpoint(stage_dir))
+        result = trainer.train(resume=restorable)
         total += result.global_step
         history += [dict(rec, stage=s, curriculum_step=total - result.global_step + rec["step"]) for rec in result.history]
         reports.append(StageReport(s, len(groups), gap_mean, ref_words, result))
@@ -224,7 +228,7 @@ def run(cfg: CurryRunConfig, *, resume: bool = False, log=print) -> CurriculumRe
         "\n".join(f"stage {s}: {len(st)} pairs ({st[0].meta['level'] if st else '-'})" for s, st in enumerate(stages)))
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run_config.json").write_text(json.dumps(asdict(cfg) | {"data_report": report.summary()}, indent=1, default=str))
+    ckpt_io.write_json_atomic(out / "run_config.json", asdict(cfg) | {"data_report": report.summary()})
     policy = load_causal_lm(cfg.model)
     result = train_curriculum(policy, tokenizer, stages, cfg.method, cfg.train, cfg.data.settings(),
                               skip_invalid=cfg.data.skip_invalid, resume=resume, log=log)

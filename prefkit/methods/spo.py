@@ -31,6 +31,7 @@ from prefkit.diffusion.run_config import DiffusionModelConfig
 from prefkit.diffusion.ddim import guided_eps_and_forwards
 from prefkit.diffusion.spo_sampler import SPOSamplerConfig, StepPairs, spo_sample
 from prefkit.losses.spo import ddim_step_logprob, spo_step_loss
+from prefkit.train.checkpoint import write_json_atomic
 from prefkit.train.config import TrainConfig
 from prefkit.train.loop import Trainer
 
@@ -385,6 +386,6 @@ def run(cfg: SPORunConfig, *, resume: bool = False, log=print):
     module, ledger, history = res.module, res.ledger, res.history
     module.save_pretrained(out / "model")
     (out / "spo_rounds.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-    (out / "run_config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
+    write_json_atomic(out / "run_config.json", asdict(cfg))
     log(f"[spo] {ledger}")
     return TrainResult(len(history), str(out), history, None)
