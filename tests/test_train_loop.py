@@ -103,3 +103,32 @@ def test_eval_and_mfu_are_logged(tmp_path):
     assert all(r["mfu"] > 0 for r in train)
     lines = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
     assert sum("eval_loss" in l for l in lines) == 2
+
+
+def test_run_folder_records_environment_and_strict_json_metrics(tmp_path):
+    import json as _json
+
+    out = tmp_path / "env"
+    module, cfg = load_run_config("configs/dpo_tiny.yaml", [f"train.output_dir={out}", "train.progress_bar=false",
+                                                            "train.max_steps=2"])
+    module.run(cfg, log=lambda *a: None)
+    env = _json.loads((out / "environment.json").read_text())
+    assert {"torch", "transformers", "peft", "accelerate"} <= set(env["versions"]) and env["python"]
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        _json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c} in metrics.jsonl"))
+
+
+def test_lora_adapter_names_an_absolute_base_path(tmp_path, monkeypatch):
+    """adapter_config.json's base_model_name_or_path must resolve from any working directory."""
+    from prefkit.models.loading import LoraSettings, ModelConfig, load_causal_lm, prepare_policy
+
+    base = tmp_path / "base"
+    load_causal_lm(ModelConfig(init_config={"model_type": "llama", "vocab_size": 64, "hidden_size": 16,
+                                            "intermediate_size": 32, "num_hidden_layers": 1,
+                                            "num_attention_heads": 2, "num_key_value_heads": 1})).save_pretrained(base)
+    monkeypatch.chdir(tmp_path)
+    cfg = ModelConfig(name_or_path="base", lora=LoraSettings(r=2, alpha=4, target_modules=["q_proj"]))
+    policy = prepare_policy(load_causal_lm(cfg), cfg)
+    policy.save_pretrained(tmp_path / "adapter")
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == str(base.resolve())

@@ -113,6 +113,8 @@ def prepare_policy(model, cfg: ModelConfig):
         lc = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                         target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
         model = get_peft_model(model, lc)
+        if cfg.name_or_path and Path(cfg.name_or_path).is_dir():  # adapter_config.json names a base that resolves
+            model.peft_config["default"].base_model_name_or_path = str(Path(cfg.name_or_path).resolve())  # anywhere
     return model
 
 

@@ -82,6 +82,28 @@ def _schedule(name: str, optimizer, warmup: int, total: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def environment() -> dict:
+    """What produced a run, beside its configuration: package versions, prefkit's git commit, the machine."""
+    import platform
+    import subprocess
+    from importlib import metadata
+
+    versions = {}
+    for pkg in ("prefkit", "torch", "transformers", "peft", "accelerate", "datasets", "diffusers", "trl"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                                text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"versions": versions, "prefkit_git_commit": commit, "python": platform.python_version(),
+            "platform": platform.platform(), "gpu": gpu, "cwd": str(Path.cwd())}
+
+
 def check_output_dir(out: Path, overwrite: bool, resume: bool) -> None:
     holds_run = out.exists() and (any(out.glob("checkpoint-*")) or (out / "metrics.jsonl").exists())
     if holds_run and not (overwrite or resume):
@@ -138,6 +160,7 @@ class Trainer:
             if self.run_config is not None:
                 ckpt_io.write_json_atomic(self.out / "run_config.json", self.run_config)
             ckpt_io.write_json_atomic(self.out / "train_config.json", asdict(cfg))
+            ckpt_io.write_json_atomic(self.out / "environment.json", environment())
         acc.wait_for_everyone()
 
     def _data_loader(self, dataset, seed: int) -> DataLoader:
@@ -259,6 +282,13 @@ class Trainer:
         return state["global_step"], state["epoch"], state["micro_batches_done_in_epoch"]
 
     # ------------------------------------------------------------------ metrics
+    def _append_metrics(self, rec: dict) -> None:
+        """One JSON line; a non-finite value (an fp16 grad_norm overflow) is written as null, since NaN and
+        Infinity are not JSON and would break strict readers of the file."""
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(clean, allow_nan=False) + "\n")
+
     def _flush(self, step: int, window: dict, t0: float, pbar) -> dict | None:
         """One device sync for everything logged in this window; stops on a non-finite loss."""
         acc = self.accelerator
@@ -290,8 +320,7 @@ class Trainer:
             rec["mfu"] = rec.pop("_flops") * acc.num_processes / dt / (self.cfg.peak_tflops * 1e12 * acc.num_processes)
         rec.update({"lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens / dt, "samples_per_s": samples / dt})
         if acc.is_main_process:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
+            self._append_metrics(rec)
             if self.tb is not None:
                 for k, v in rec.items():
                     if k != "step":
@@ -430,8 +459,7 @@ class Trainer:
         totals = acc.reduce(torch.stack([sums[k] for k in names] + [n]), reduction="sum").tolist()
         rec = {"step": step, **{f"eval_{k}": v / max(totals[-1], 1) for k, v in zip(names, totals[:-1])}}
         if acc.is_main_process:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
+            self._append_metrics(rec)
             self.log(f"[prefkit] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in rec.items() if k != "step"))
         return rec
 
