@@ -31,6 +31,26 @@ def write_json_atomic(path: Path, obj) -> None:
     tmp.replace(path)
 
 
+def config_differences(saved: dict, now: dict, ignore: tuple[str, ...] = ()) -> list[tuple[str, object, object]]:
+    """(key, saved value, current value) for every leaf that differs between two nested config records
+    ({"run": ..., "train": ...}), keys without their section ("method.beta"); keys ending in `ignore` skipped."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in (d or {}).items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(saved), flat(now)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.endswith(ignore))
+    seen, out = set(), []
+    for k in keys:
+        short = k.split(".", 1)[1] if "." in k else k
+        if short not in seen:
+            seen.add(short)
+            out.append((short, a.get(k), b.get(k)))
+    return out
+
+
 def truncate_metrics(path: Path, last_step: int) -> int:
     """Keep the metrics.jsonl lines of steps <= last_step (a resumed run logs the later ones again) and drop a
     line torn by a crash; atomic. Returns the number of lines dropped."""

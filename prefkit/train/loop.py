@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from prefkit.train import checkpoint as ckpt_io
+from prefkit.train.environment import environment
 from prefkit.train.attention import cudnn_attention
 from prefkit.train.config import TrainConfig
 
@@ -80,28 +81,6 @@ def _schedule(name: str, optimizer, warmup: int, total: int):
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def environment() -> dict:
-    """What produced a run, beside its configuration: package versions, prefkit's git commit, the machine."""
-    import platform
-    import subprocess
-    from importlib import metadata
-
-    versions = {}
-    for pkg in ("prefkit", "torch", "transformers", "peft", "accelerate", "datasets", "diffusers", "trl"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                                text=True, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"versions": versions, "prefkit_git_commit": commit, "python": platform.python_version(),
-            "platform": platform.platform(), "gpu": gpu, "cwd": str(Path.cwd())}
 
 
 def check_output_dir(out: Path, overwrite: bool, resume: bool) -> None:
@@ -245,20 +224,9 @@ class Trainer:
         if saved is None:  # a checkpoint written before session 5 carries no config
             return
         now = json.loads(json.dumps(self._config_record(), default=str))
-        ignore = ("train.output_dir", "train.overwrite", "train.progress_bar")  # where a run is, how it shows
-
-        def flat(d, prefix=""):
-            out = {}
-            for k, v in (d or {}).items():
-                key = f"{prefix}{k}"
-                out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
-            return out
-
-        a, b = flat(saved), flat(now)
-        diff = sorted(k.split(".", 1)[1] for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.endswith(ignore))
+        diff = ckpt_io.config_differences(saved, now, ignore=("train.output_dir", "train.overwrite", "train.progress_bar"))
         if diff:
-            shown = ", ".join(f"{k}: {a.get('run.' + k, a.get('train.' + k))!r} -> "
-                              f"{b.get('run.' + k, b.get('train.' + k))!r}" for k in diff[:6])
+            shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff[:6])
             raise ValueError(f"{ck}: the configuration differs from the one this checkpoint was trained with ({shown}"
                              f"{', ...' if len(diff) > 6 else ''}); resume continues the same run. Start a new run "
                              "(another train.output_dir) to change it")
