@@ -191,10 +191,14 @@ def _trl_classes():
     return DPOConfig, PretokenizedDPOTrainer, WindowClock
 
 
-def run_trl(policy, ref, groups, shape: Shape, batch: int, s: RunSettings, *, precompute: bool, tag: str) -> RunResult:
+def run_trl(policy, ref, groups, shape: Shape, batch: int, s: RunSettings, *, precompute: bool, tag: str,
+            sdpa_cudnn: bool = False) -> RunResult:
+    """TRL's DPOTrainer on the same rows. `sdpa_cudnn`: as prefkit's train.sdpa_cudnn, so that both trainers run
+    the same SDPA kernels (False, the default of both `trl` and `prefkit-*`); `trl-cudnn` keeps torch's choice."""
     from datasets import Dataset
 
     from prefkit.models.byte_tokenizer import build_byte_tokenizer
+    from prefkit.train.attention import cudnn_attention
 
     DPOConfig, Trainer, Clock = _trl_classes()
     res = RunResult(tag, shape.name, batch, ref_tokens_per_policy_token=0.0 if precompute else 1.0)
@@ -223,7 +227,8 @@ def run_trl(policy, ref, groups, shape: Shape, batch: int, s: RunSettings, *, pr
     _sync(s.device)
     res.setup_s = time.perf_counter() - t0
     mem.start_training()
-    trainer.train()
+    with cudnn_attention(sdpa_cudnn):
+        trainer.train()
     _sync(s.device)
     res.peak_bytes = mem.peak()
     res.set_windows(clock.marks)
@@ -300,7 +305,8 @@ def run_prefkit(policy, ref, groups, shape: Shape, batch: int, s: RunSettings, *
         pol.set_attn_implementation(ATTN_NAME)
     if precompute:
         r = copy.deepcopy(ref).to(s.device)
-        reference = precompute_reference(r, groups, PAD_ID, f"{tmp.name}/ref", batch_size=batch, backend=backend)
+        reference = precompute_reference(r, groups, PAD_ID, f"{tmp.name}/ref", batch_size=batch, backend=backend,
+                                         sdpa_cudnn=sdpa_cudnn, mixed_precision=s.mixed_precision)
         del r
     else:
         reference = FrozenCopyReference(ref)  # a frozen deep copy of the (perturbed) reference weights

@@ -47,9 +47,10 @@ from benchmarks.shapes import (SHAPES, build_models, linear_params, make_groups,
                                model_flops, MODEL_CONFIGS)
 
 CORE = ("trl", "prefkit-naive", "prefkit-prefix", "prefkit-kv")
-# only when asked for: prefix-shared rows rounded up to a multiple of 64 tokens; the prefix layout with SDPA's cuDNN
-# kernel left on (prefkit's Trainer turns it off by default: train.sdpa_cudnn)
-EXTRA = ("prefkit-prefix-pad64", "prefkit-prefix-cudnn")
+# only when asked for: prefix-shared rows rounded up to a multiple of 64 tokens; the prefix layout and TRL with SDPA's
+# cuDNN kernel left on (torch's default; prefkit's Trainer turns it off by default, train.sdpa_cudnn, and `trl` runs
+# the same way, so that both trainers use the same attention kernels)
+EXTRA = ("prefkit-prefix-pad64", "prefkit-prefix-cudnn", "trl-cudnn")
 PRECOMPUTED = ("trl-precomputed", "prefkit-prefix-precomputed", "prefkit-kv-precomputed")
 LOSS_TOL = 1e-4
 
@@ -66,7 +67,8 @@ def run_variant(variant: str, policy, ref, groups, shape, batch: int, s: RunSett
     pre = variant.endswith("-precomputed")
     try:
         if variant.startswith("trl"):
-            return run_trl(policy, ref, groups, shape, batch, s, precompute=pre, tag=variant)
+            return run_trl(policy, ref, groups, shape, batch, s, precompute=pre, tag=variant,
+                           sdpa_cudnn=variant.endswith("-cudnn"))
         backend = "naive" if "naive" in variant else "kv" if "-kv" in variant else "prefix"
         return run_prefkit(policy, ref, groups, shape, batch, s, backend=backend, precompute=pre,
                            flex="flex" in variant, pad_to_multiple_of=64 if variant.endswith("-pad64") else None,
@@ -121,9 +123,13 @@ def rows_for(results: list[tuple[str, RunResult]], s_by_phase: dict, n_linear: i
             per_window = [model_flops(n_linear, t, int(t * r.ref_tokens_per_policy_token)) / dt
                           for t, dt in zip(r.window_tokens, r.windows(args.clock))]
             flops = statistics.median(per_window)
-        anchor = "trl-precomputed" if r.variant.endswith("-precomputed") else "trl"
-        base = next((b for p, b in results if p == phase and b.shape == r.shape and b.batch == r.batch
-                     and b.variant == anchor and not b.error), None)
+        # the anchor is TRL under the same settings: precomputed reference, and cuDNN attention on (-cudnn) when
+        # that TRL row exists (else plain trl)
+        anchor = ("trl-precomputed" if r.variant.endswith("-precomputed")
+                  else "trl-cudnn" if r.variant.endswith("-cudnn") and r.variant != "trl-cudnn" else "trl")
+        same = lambda v: next((b for p, b in results if p == phase and b.shape == r.shape  # noqa: E731
+                               and b.batch == r.batch and b.variant == v and not b.error), None)
+        base = same(anchor) or same("trl")
         ratio = lambda a, clock: (a / base.samples_per_s(bs, clock)  # noqa: E731
                                   if base and base.samples_per_s(bs, clock) > 0 else float("nan"))
         rows.append({
