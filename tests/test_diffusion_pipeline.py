@@ -89,3 +89,25 @@ def test_cli_with_local_diffusers_pipelines_and_clip_reward(tmp_path, capsys):
     rc = main(["build", "ranked-images", "--prompts", str(prompts), "--out", str(out), "--generators", "shapes:final",
                "--rewards", "colour"])
     assert rc == 2 and "at least 2 generators" in capsys.readouterr().err
+
+
+def test_builder_refuses_nan_rewards_and_duplicate_reward_names(tmp_path):
+    """A NaN reward wins no comparison, so its image would be written as a finite last place; two rewards of one
+    name would share one `rewards` entry. Both are errors naming what to fix."""
+    prompts = ["a red square left of a blue circle"]
+
+    class Named:
+        def __init__(self, name, value):
+            self.name, self.value = name, value
+
+        def __call__(self, images, captions):
+            out = torch.arange(images.shape[0], dtype=torch.float32)
+            out[-1] = self.value
+            return out
+
+    with pytest.raises(ValueError, match=r"reward 'clip' gave nan for prompt 'a red square left of a blue circle'.*generator 2"):
+        build_ranked_images(prompts, [Blank(), Flipped(), Perfect()], [Named("clip", float("nan"))],
+                            str(tmp_path / "nan"), progress=False)
+    with pytest.raises(ValueError, match="distinct"):
+        build_ranked_images(prompts, [Blank(), Flipped()], [Named("r", 1.0), Named("r", 2.0)],
+                            str(tmp_path / "dup"), progress=False)

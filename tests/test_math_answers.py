@@ -127,3 +127,17 @@ def test_load_math_jsonl_limit_missing_file_and_non_objects(tmp_path):
     bad.write_text('["not", "an object"]\n')
     with pytest.raises(DataError, match="row 1.*expected an object"):
         load_math_jsonl(bad)
+
+
+def test_math_eval_cuts_a_run_on_question():
+    """A base model that writes a made-up next question: its numbers must not become the answer."""
+    from prefkit.eval.math_eval import MathItem, evaluate_math
+    from prefkit.pipelines.sampling import Sampler
+
+    class RunsOn(Sampler):
+        def generate(self, prompts, params):
+            assert params.stop == ("\nQuestion:",)
+            return [["She pays 18 dollars.\nQuestion: Tom has 3 apples and buys 4 more"] for _ in prompts]
+
+    res = evaluate_math(RunsOn(), [MathItem("How much does she pay?", "18", {}, 0)])
+    assert res.n_correct == 1 and res.records[0]["pred"] == "18"

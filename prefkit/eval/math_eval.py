@@ -98,14 +98,20 @@ def evaluate_math(sampler, items: list[MathItem], *, prompt_template: str = DEFA
                   response_prefix: str = DEFAULT_RESPONSE_PREFIX, max_new_tokens: int = 256,
                   chat: bool = False, keep_records: bool = True) -> MathEvalResult:
     """Greedy decoding of every problem, answer extraction, equivalence, Wilson 95% interval."""
-    from prefkit.pipelines.sampling import SamplingParams
+    from prefkit.pipelines.sampling import SamplingParams, cut_at_stop
 
     t0 = time.time()
     prompts = build_prompts([it.question for it in items], prompt_template=prompt_template,
                             response_prefix=response_prefix, tokenizer=getattr(sampler, "tokenizer", None), chat=chat)
-    outs = sampler.generate(prompts, SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens))
+    # without a chat template a base model may run on into a made-up next question, whose numbers the
+    # last-number fallback would read: cut at the template's own question marker
+    marker = prompt_template.split("{question}")[0].strip()
+    stop = () if chat or not marker else ("\n" + marker,)
+    outs = sampler.generate(prompts, SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens,
+                                                    stop=stop))
     records, k = [], 0
     for it, o in zip(items, outs):
+        o = [cut_at_stop(o[0], stop)]  # samplers cut already; a custom one may not
         pred = extract_answer(o[0])
         ok = is_equiv(pred, it.gold)
         k += ok

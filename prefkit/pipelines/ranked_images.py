@@ -151,6 +151,9 @@ def build_ranked_images(prompts: list[str], generators: list, rewards: list, out
         raise ValueError("build_ranked_images: need at least 2 generators (k >= 2 images per prompt)")
     if not rewards:
         raise ValueError("build_ranked_images: need at least 1 reward model")
+    names = [getattr(r, "name", str(r)) for r in rewards]
+    if len(set(names)) != len(names):  # the row's `rewards` field is keyed by name: one would overwrite another
+        raise ValueError(f"build_ranked_images: reward names must be distinct, got {names}")
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
     path = os.path.join(out_dir, "ranked.jsonl")
     k = len(generators)
@@ -166,6 +169,10 @@ def build_ranked_images(prompts: list[str], generators: list, rewards: list, out
             flat = imgs.flatten(0, 1)
             flat_prompts = [p for p in ps for _ in range(k)]
             raw = torch.stack([r(flat, flat_prompts).view(len(ps), k) for r in rewards])  # (n, N, K)
+            if not bool(torch.isfinite(raw).all()):  # a NaN wins no comparison: it would be a silent last place
+                j, i, g = (int(v) for v in (~torch.isfinite(raw)).nonzero()[0])
+                raise ValueError(f"build_ranked_images: reward {names[j]!r} gave {float(raw[j, i, g])} for prompt "
+                                 f"{ps[i]!r} (prompt {s + i}), image of generator {g}; no label can be made from it")
             psi = win_rate_labels(raw)  # (N, K)
             for i, p in enumerate(ps):
                 names = []
