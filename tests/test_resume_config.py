@@ -46,3 +46,17 @@ def test_existing_output_dir_is_a_message_not_a_traceback(tmp_path, capsys):
     assert main(["train", str(cfg), f"train.output_dir={out}", "train.progress_bar=false", "train.overwrite=false"]) == 2
     err = capsys.readouterr().err
     assert "already holds a run" in err and "Traceback" not in err
+
+
+def test_train_cli_records_absolute_paths_so_resume_works_from_elsewhere(tmp_path, monkeypatch):
+    import os
+
+    repo = os.getcwd()
+    out = tmp_path / "run"
+    assert main(["train", "configs/dpo_tiny.yaml", f"train.output_dir={os.path.relpath(out)}", "train.max_steps=2",
+                 "train.progress_bar=false", f"method.reference_cache_dir={os.path.relpath(tmp_path / 'cache')}"]) == 0
+    rc = json.loads((out / "run_config.json").read_text())
+    assert rc["data"]["train_file"] == os.path.join(repo, "examples/data/tiny_pairs.jsonl")
+    assert rc["train"]["output_dir"] == str(out) and rc["method"]["reference_cache_dir"] == str(tmp_path / "cache")
+    monkeypatch.chdir(tmp_path)  # somewhere else
+    assert main(["resume", str(out)]) == 0

@@ -47,6 +47,27 @@ def load_run_config(path: str, overrides: list[str]):
     return module, cfg
 
 
+_OUTPUT_PATHS = {"output_dir", "reference_cache_dir", "out_dir"}  # always made absolute
+_INPUT_PATHS = {"train_file", "eval_file", "egida_file", "prompts", "fit_data", "path", "name_or_path", "tokenizer"}
+
+
+def absolute_paths(cfg):
+    """The config with its file and folder paths made absolute (inputs only where they exist here, so hub names
+    and world names such as `shapes:final` stay as they are), so that run_config.json, and `prefkit resume`,
+    work from any working directory."""
+    import dataclasses
+    from pathlib import Path
+
+    changes = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            changes[f.name] = absolute_paths(v)
+        elif isinstance(v, str) and v and (f.name in _OUTPUT_PATHS or (f.name in _INPUT_PATHS and Path(v).exists())):
+            changes[f.name] = str(Path(v).resolve())
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
 def cli_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="prefkit train", description="Train with a YAML config; key=value overrides.")
     ap.add_argument("config")
@@ -59,6 +80,7 @@ def cli_main(argv: list[str]) -> int:
         return 2
     from prefkit.data.errors import DataError
 
+    cfg = absolute_paths(cfg)
     try:
         result = module.run(cfg)
     except DataError as e:
