@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prefkit: unknown command {cmd!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     if isinstance(target, dict):
+        if rest and rest[0] in ("-h", "--help"):
+            print(f"usage: prefkit {cmd} {{{','.join(target)}}} ... (each has its own --help)")
+            return 0
         if not rest or rest[0] not in target:
             print(f"prefkit {cmd}: expected one of {', '.join(target)}", file=sys.stderr)
             return 2

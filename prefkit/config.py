@@ -55,14 +55,17 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
+        errors = {}
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(value, a, path)
             except ConfigError as e:
-                errors.append(str(e))
+                errors[a] = str(e)
+        sections = [a for a in errors if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(sections) == 1:  # an optional section (model.lora): the key it names
+            raise ConfigError(errors[sections[0]])
         raise ConfigError(f"{path}: {value!r} is not a {' or '.join(_type_name(a) for a in args)}")
     if origin is Literal:
         allowed = get_args(tp)
@@ -103,7 +106,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
+            hint = " (quote it: key='\"{...}\"')" if isinstance(value, (dict, list)) else ""
+            raise ConfigError(f"{path}: expected a string, got {value!r}{hint}")
         return value
     return value
 
@@ -141,7 +145,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        value = safe_load(raw) if raw != "" else ""
+        try:
+            value = safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:  # not a YAML scalar or list ("Question: {prompt} Answer:"): the text itself
+            value = raw
         node = data
         parts = key.strip().split(".")
         for p in parts[:-1]:

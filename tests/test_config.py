@@ -78,3 +78,14 @@ def test_yaml_no_yes_on_off_are_strings_and_true_false_booleans(tmp_path):
     f.write_text(open("configs/dpo_tiny.yaml").read() + "\n")
     _, cfg = load_run_config(str(f), ["train.mixed_precision=bf16", "train.progress_bar=False"])
     assert cfg.train.mixed_precision == "bf16" and cfg.train.progress_bar is False
+
+
+def test_override_errors_name_the_key_inside_an_optional_section_and_text_needs_no_quotes():
+    with pytest.raises(ConfigError, match="model.lora.target_modul: unknown key; did you mean 'target_modules'"):
+        load_run_config("configs/dpo_tiny.yaml", ["model.lora.target_modul=[q_proj]"])
+    with pytest.raises(ConfigError, match="model.lora.r: expected an integer"):
+        load_run_config("configs/dpo_tiny.yaml", ["model.lora.r=abc"])
+    _, cfg = load_run_config("configs/dpo_tiny.yaml", ["data.prompt_template=Question: {prompt} Answer:"])
+    assert cfg.data.prompt_template == "Question: {prompt} Answer:"  # not YAML: taken as the text it is
+    with pytest.raises(ConfigError, match="quote it"):
+        load_run_config("configs/dpo_tiny.yaml", ["data.prompt_template={prompt}"])  # a YAML mapping

@@ -110,3 +110,19 @@ def test_dataset_and_collate_pad_lists(tmp_path):
     x = torch.rand(3, 4, 4) * 2 - 1
     save_image(x, str(tmp_path / "x.png"))
     assert torch.allclose(load_image(str(tmp_path / "x.png")), x, atol=1 / 127.5 + 1e-6)
+
+
+def test_pickapic_paths_open_from_any_folder_and_string_labels_are_row_errors(tmp_path, monkeypatch):
+    """Relative jpg paths are relative to the data file at load time and at training time (they were opened
+    against the working directory then); a label_1 given as text is a row error, not a crash."""
+    _write_ranked(tmp_path, [])
+    path = tmp_path / "pap.jsonl"
+    path.write_text(json.dumps({"caption": "c", "jpg_0": "img/a.png", "jpg_1": "img/b.png", "label_0": 1}) + "\n"
+                    + json.dumps({"caption": "c", "jpg_0": "img/a.png", "jpg_1": "img/b.png", "label_0": 1,
+                                  "label_1": "0"}) + "\n")
+    pairs, report = load_pickapic(str(path), skip_invalid=True)
+    assert len(pairs) == 1 and report.n_skipped == 1
+    monkeypatch.chdir("/")
+    assert load_image(pairs[0].chosen, size=8).shape == (3, 8, 8)  # opened from another working directory
+    with pytest.raises(DataError, match=r"pap\.jsonl, row 2, field 'label_1'.*expected a number"):
+        load_pickapic(str(path))

@@ -129,3 +129,53 @@ def test_truncates_prompt_from_left_never_completion(byte_tokenizer):
     assert byte_tokenizer.decode(g.completion_ids[0], skip_special_tokens=True) == "xyz"
     with pytest.raises(DataError, match="completions are never truncated"):
         tokenize_pair(Pair("Q", "x" * 20, "y"), byte_tokenizer, s, source="f.jsonl", row=7)
+
+
+def test_tokenization_errors_name_the_files_row(tmp_path, byte_tokenizer):
+    """Blank lines and earlier rows shift nothing: the error names the line a text editor shows."""
+    from prefkit.methods.lm_recipe import tokenize_all
+
+    path = tmp_path / "long.jsonl"
+    path.write_text("\n\n" + json.dumps({"prompt": "Q", "chosen": "a", "rejected": "b"}) + "\n"
+                    + json.dumps({"prompt": "Q", "chosen": "x" * 400, "rejected": "b"}) + "\n")
+    exs, rep = load_preferences(str(path))
+    with pytest.raises(DataError, match=r"long\.jsonl, row 4, field 'chosen'"):
+        tokenize_all(exs, byte_tokenizer, TokenizeSettings(max_length=64), rep, skip_invalid=False)
+
+
+def test_auto_format_does_not_turn_a_later_step_pair_into_a_plain_pair(tmp_path):
+    rows = [{"prompt": "Q", "chosen": "a", "rejected": "b"},
+            {"prompt": "Q", "initial_reason_steps": "Step 1: x\n", "chosen": "a", "rejected": "b"}]
+    with pytest.raises(DataError, match=r"row 2, field 'initial_reason_steps'.*set data.format"):
+        load_preferences(write_jsonl(tmp_path / "mixed.jsonl", rows))
+
+
+def test_bom_gzip_unicode_line_separators_and_missing_paths(tmp_path):
+    import gzip
+
+    row = {"prompt": "a\u2028b\u0085c", "chosen": "x", "rejected": "y"}  # line separators inside a string are text
+    line = json.dumps(row, ensure_ascii=False).encode("utf-8")
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + line + b"\n" + line.replace(b'"x"', b'"z"') + b"\n")
+    exs, rep = load_preferences(str(tmp_path / "bom.jsonl"))
+    assert len(exs) == 2 and rep.n_skipped == 0 and exs[0].prompt == "a\u2028b\u0085c"
+    with gzip.open(tmp_path / "pairs.jsonl.gz", "wb") as f:
+        f.write(line + b"\n")
+    assert len(load_preferences(str(tmp_path / "pairs.jsonl.gz"))[0]) == 1
+    (tmp_path / "UP.JSONL").write_bytes(line + b"\n")
+    assert len(load_preferences(str(tmp_path / "UP.JSONL"))[0]) == 1
+    for missing in ("typo.jsonl", str(tmp_path / "d" / "typo.jsonl"), "./x"):  # never sent to the hub
+        with pytest.raises(FileNotFoundError, match="no such file"):
+            load_preferences(missing)
+
+
+def test_jsonl_reader_keeps_rows_with_line_separators_and_names_bad_bytes(tmp_path):
+    from prefkit.data.jsonl import read_jsonl_objects
+
+    p = tmp_path / "m.jsonl"
+    p.write_bytes(json.dumps({"q": "a\u2028b"}, ensure_ascii=False).encode() + b"\n" + b'{"q": "caf\xe9"}\n')
+    rows, rep = read_jsonl_objects(p, lambda r, i: r, skip_invalid=True)
+    assert [r["q"] for r in rows] == ["a\u2028b"] and rep.rows_read == 2 and rep.n_skipped == 1
+    with pytest.raises(DataError, match=r"m\.jsonl, row 2.*not valid UTF-8"):
+        read_jsonl_objects(p, lambda r, i: r)
+    with pytest.raises(DataError, match="is a folder"):
+        read_jsonl_objects(tmp_path, lambda r, i: r)

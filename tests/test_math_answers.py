@@ -125,7 +125,7 @@ def test_load_math_jsonl_limit_missing_file_and_non_objects(tmp_path):
         load_math_jsonl(tmp_path / "missing.jsonl")
     bad = tmp_path / "list.jsonl"
     bad.write_text('["not", "an object"]\n')
-    with pytest.raises(DataError, match="row 1.*expected an object"):
+    with pytest.raises(DataError, match="row 1.*expected a JSON object"):
         load_math_jsonl(bad)
 
 

@@ -144,7 +144,10 @@ def load_pickapic(source, *, skip_invalid: bool = False, check_images: bool = Tr
             lab = row["label_0"]
             if isinstance(lab, bool) or not isinstance(lab, (int, float)) or lab not in (0, 0.5, 1):
                 raise DataError(name, i, "label_0", f"expected 0, 0.5 or 1, got {lab!r}")
-            if "label_1" in row and row["label_1"] is not None and abs(row["label_1"] + lab - 1) > 1e-6:
+            lab1 = row.get("label_1")
+            if lab1 is not None and (isinstance(lab1, bool) or not isinstance(lab1, (int, float))):
+                raise DataError(name, i, "label_1", f"expected a number, got {lab1!r}")
+            if lab1 is not None and abs(lab1 + lab - 1) > 1e-6:
                 raise DataError(name, i, "label_1", f"label_0 {lab} and label_1 {row['label_1']} do not sum to 1")
             for fld in ("jpg_0", "jpg_1"):
                 if fld not in row:
@@ -158,7 +161,9 @@ def load_pickapic(source, *, skip_invalid: bool = False, check_images: bool = Tr
             report.skip(DataError(name, i, "label_0", "tie (0.5), dropped"))
             continue
         w, l = ("jpg_0", "jpg_1") if lab == 1 else ("jpg_1", "jpg_0")
-        pairs.append(ImagePair(cap, row[w], row[l], {"row": i, "base_dir": base}))
+        # relative image paths are relative to the data file, now and when training opens them (from any folder)
+        here = lambda src: os.path.join(base, src) if base and isinstance(src, str) and not os.path.isabs(src) else src  # noqa: E731
+        pairs.append(ImagePair(cap, here(row[w]), here(row[l]), {"row": i, "base_dir": base}))
         report.rows_kept += 1
     return pairs, report
 

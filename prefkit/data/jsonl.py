@@ -3,7 +3,7 @@ its file, line and field, or (skip_invalid) is skipped and counted in the LoadRe
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,24 +21,62 @@ def read_jsonl_objects(path: str | Path, parse: Callable[[dict, int], T], skip_i
     p = Path(path)
     if not p.exists():
         raise DataError(path, None, None, "file not found")
+    if p.is_dir():
+        raise DataError(path, None, None, "is a folder, not a jsonl file")
     report = LoadReport(path)
     handler = RowHandler(report, skip_invalid)
     out: list[T] = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for i, row in iter_jsonl_rows(p):
         if limit is not None and len(out) >= limit:
             break
-        if not line.strip():
-            continue
         report.rows_read += 1
         try:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, i, None, f"not valid JSON: {e.msg}") from None
-            if not isinstance(row, dict):
-                raise DataError(path, i, None, f"expected an object, got {type(row).__name__}")
+            if isinstance(row, DataError):
+                raise row
             out.append(parse(row, i))
             report.rows_kept += 1
         except DataError as e:
             handler.bad(e)
     return out, report
+
+
+def iter_jsonl_rows(path: Path) -> Iterator[tuple[int, dict | DataError]]:
+    """(1-based line, object) or (line, DataError) for each non-blank line of a .jsonl (or a .json array, or either
+    gzipped). Lines split on \\n only (U+2028 inside a string is text, not a line break); a UTF-8 byte-order mark is
+    dropped; a line that is not UTF-8, not JSON or not an object is a DataError for that line alone."""
+    src = str(path)
+    if path.name.lower().endswith(".gz"):
+        import gzip
+
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    else:
+        with open(path, "rb") as f:
+            raw = f.read()
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Windows editors write one)
+    if path.name.lower().removesuffix(".gz").endswith(".json") and raw.lstrip()[:1] == b"[":
+        try:
+            rows = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            yield 1, DataError(src, None, None, f"not a valid JSON array: {e}")
+            return
+        for i, r in enumerate(rows, 1):
+            yield i, r if isinstance(r, dict) else DataError(src, i, None, f"expected a JSON object, got {type(r).__name__}")
+        return
+    for i, line in enumerate(raw.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield i, DataError(src, i, None, f"not valid UTF-8 (byte {e.start}: {line[e.start:e.start + 1]!r})")
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            yield i, DataError(src, i, None, f"malformed JSON: {e.msg} at column {e.colno}")
+            continue
+        if not isinstance(obj, dict):
+            yield i, DataError(src, i, None, f"expected a JSON object, got {type(obj).__name__}")
+            continue
+        yield i, obj

@@ -19,15 +19,19 @@ from pathlib import Path
 from typing import Iterator
 
 from prefkit.data.errors import DataError, LoadReport, RowHandler
+from prefkit.data.jsonl import iter_jsonl_rows
 from prefkit.data.examples import Pair, StepPair
 
 
 def iter_rows(source: str, split: str = "train") -> Iterator[tuple[int, dict | DataError]]:
     """Yield (1-based row, dict) or (row, DataError) for unreadable rows, from any supported source."""
     path = Path(source)
-    if path.suffix in (".jsonl", ".json") and path.is_file():
-        yield from _iter_jsonl(path)
-    elif path.suffix == ".parquet" and path.is_file():
+    name = path.name.lower()
+    if not path.exists() and (name.endswith(_FILE_SUFFIXES) or str(source).startswith((".", "/", "~"))):
+        raise FileNotFoundError(f"{source}: no such file (a local path; hub datasets are named like owner/name)")
+    if name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")) and path.is_file():
+        yield from iter_jsonl_rows(path)
+    elif name.endswith(".parquet") and path.is_file():
         import pyarrow.parquet as pq
 
         for i, row in enumerate(pq.read_table(path).to_pylist(), 1):
@@ -44,36 +48,7 @@ def iter_rows(source: str, split: str = "train") -> Iterator[tuple[int, dict | D
             yield i, row
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict | DataError]]:
-    src = str(path)
-    with open(path, "rb") as f:
-        raw = f.read()
-    if path.suffix == ".json" and raw.lstrip()[:1] == b"[":
-        try:
-            rows = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            yield 1, DataError(src, None, None, f"not a valid JSON array: {e}")
-            return
-        for i, r in enumerate(rows, 1):
-            yield i, r if isinstance(r, dict) else DataError(src, i, None, f"expected a JSON object, got {type(r).__name__}")
-        return
-    for i, line in enumerate(raw.split(b"\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            yield i, DataError(src, i, None, f"not valid UTF-8 (byte {e.start}: {line[e.start:e.start + 1]!r})")
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            yield i, DataError(src, i, None, f"malformed JSON: {e.msg} at column {e.colno}")
-            continue
-        if not isinstance(obj, dict):
-            yield i, DataError(src, i, None, f"expected a JSON object, got {type(obj).__name__}")
-            continue
-        yield i, obj
+_FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".gz", ".csv", ".jsonl.gz", ".json.gz")
 
 
 def _text_or_messages(row: dict, key: str, src: str, i: int, allow_messages: bool = True):
@@ -201,11 +176,16 @@ def load_preferences(source: str, *, format: str = "auto", split: str = "train",
         if fmt == "auto":
             fmt = "step_pairs" if "initial_reason_steps" in row else "pairs"
         try:
+            if format == "auto" and fmt == "pairs" and row.get("initial_reason_steps") is not None:
+                raise DataError(str(source), i, "initial_reason_steps",
+                                "this row is a step pair but the first row was a plain pair (format: auto decides "
+                                "from the first row); its steps would be dropped: set data.format")
             check_unique_id(row, seen_ids, str(source), i)
             ex = parse_step_pair(row, str(source), i) if fmt == "step_pairs" else parse_pair(row, str(source), i)
         except DataError as e:
             handler.bad(e)
             continue
+        ex.meta["_row"] = i  # the file's row, for errors raised later (tokenization)
         out.append(ex)
         report.rows_kept += 1
         if limit is not None and len(out) >= limit:
