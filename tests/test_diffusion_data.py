@@ -120,7 +120,8 @@ def test_pickapic_paths_open_from_any_folder_and_string_labels_are_row_errors(tm
     path.write_text(json.dumps({"caption": "c", "jpg_0": "img/a.png", "jpg_1": "img/b.png", "label_0": 1}) + "\n"
                     + json.dumps({"caption": "c", "jpg_0": "img/a.png", "jpg_1": "img/b.png", "label_0": 1,
                                   "label_1": "0"}) + "\n")
-    pairs, report = load_pickapic(str(path), skip_invalid=True)
+    monkeypatch.chdir(tmp_path)
+    pairs, report = load_pickapic("pap.jsonl", skip_invalid=True)  # a relative data path
     assert len(pairs) == 1 and report.n_skipped == 1
     monkeypatch.chdir("/")
     assert load_image(pairs[0].chosen, size=8).shape == (3, 8, 8)  # opened from another working directory

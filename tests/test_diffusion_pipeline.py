@@ -108,6 +108,17 @@ def test_builder_refuses_nan_rewards_and_duplicate_reward_names(tmp_path):
     with pytest.raises(ValueError, match=r"reward 'clip' gave nan for prompt 'a red square left of a blue circle'.*generator 2"):
         build_ranked_images(prompts, [Blank(), Flipped(), Perfect()], [Named("clip", float("nan"))],
                             str(tmp_path / "nan"), progress=False)
+    class NanSecondCall(Named):
+        calls = 0
+
+        def __call__(self, images, captions):
+            self.calls += 1
+            return super().__call__(images, captions) if self.calls == 2 else torch.arange(images.shape[0]).float()
+
+    two = ["a blue circle below two red squares", *prompts]  # the NaN in the second chunk: still named by reward
+    with pytest.raises(ValueError, match=r"reward 'clip' gave nan for prompt 'a red square.*\(prompt 1\)"):
+        build_ranked_images(two, [Blank(), Flipped(), Perfect()], [NanSecondCall("clip", float("nan"))],
+                            str(tmp_path / "nan2"), chunk=1, progress=False)
     with pytest.raises(ValueError, match="distinct"):
         build_ranked_images(prompts, [Blank(), Flipped()], [Named("r", 1.0), Named("r", 2.0)],
                             str(tmp_path / "dup"), progress=False)

@@ -56,13 +56,18 @@ class ImageRankedList:
 
 
 # ---------------------------------------------------------------- decoding
+def _resolve(src: ImageSource, base_dir: str | None) -> ImageSource:
+    """A relative image path is relative to `base_dir` (the data file's folder); anything else as it is."""
+    return os.path.join(base_dir, src) if base_dir and isinstance(src, str) and not os.path.isabs(src) else src
+
+
 def _open(src: ImageSource, base_dir: str | None = None) -> Image.Image:
     if isinstance(src, dict):
         src = src.get("bytes") or src.get("path")
     if isinstance(src, (bytes, bytearray)):
         return Image.open(io.BytesIO(src))
     if isinstance(src, str):
-        return Image.open(os.path.join(base_dir, src) if base_dir and not os.path.isabs(src) else src)
+        return Image.open(_resolve(src, base_dir))
     if isinstance(src, Image.Image):
         return src
     raise TypeError(f"cannot read an image from {type(src).__name__}")
@@ -131,7 +136,7 @@ def load_pickapic(source, *, skip_invalid: bool = False, check_images: bool = Tr
     name, rows = _numbered_rows(source)
     report = LoadReport(name)
     handler = RowHandler(report, skip_invalid)
-    base = os.path.dirname(name) if isinstance(source, str) else None
+    base = os.path.dirname(os.path.abspath(name)) if isinstance(source, str) else None  # absolute: from any folder
     pairs = []
     for i, row in rows:
         report.rows_read += 1
@@ -148,7 +153,7 @@ def load_pickapic(source, *, skip_invalid: bool = False, check_images: bool = Tr
             if lab1 is not None and (isinstance(lab1, bool) or not isinstance(lab1, (int, float))):
                 raise DataError(name, i, "label_1", f"expected a number, got {lab1!r}")
             if lab1 is not None and abs(lab1 + lab - 1) > 1e-6:
-                raise DataError(name, i, "label_1", f"label_0 {lab} and label_1 {row['label_1']} do not sum to 1")
+                raise DataError(name, i, "label_1", f"label_0 {lab} and label_1 {lab1} do not sum to 1")
             for fld in ("jpg_0", "jpg_1"):
                 if fld not in row:
                     raise DataError(name, i, fld, "missing")
@@ -162,8 +167,7 @@ def load_pickapic(source, *, skip_invalid: bool = False, check_images: bool = Tr
             continue
         w, l = ("jpg_0", "jpg_1") if lab == 1 else ("jpg_1", "jpg_0")
         # relative image paths are relative to the data file, now and when training opens them (from any folder)
-        here = lambda src: os.path.join(base, src) if base and isinstance(src, str) and not os.path.isabs(src) else src  # noqa: E731
-        pairs.append(ImagePair(cap, here(row[w]), here(row[l]), {"row": i, "base_dir": base}))
+        pairs.append(ImagePair(cap, _resolve(row[w], base), _resolve(row[l], base), {"row": i, "base_dir": base}))
         report.rows_kept += 1
     return pairs, report
 

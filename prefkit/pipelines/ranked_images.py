@@ -151,9 +151,9 @@ def build_ranked_images(prompts: list[str], generators: list, rewards: list, out
         raise ValueError("build_ranked_images: need at least 2 generators (k >= 2 images per prompt)")
     if not rewards:
         raise ValueError("build_ranked_images: need at least 1 reward model")
-    names = [getattr(r, "name", str(r)) for r in rewards]
-    if len(set(names)) != len(names):  # the row's `rewards` field is keyed by name: one would overwrite another
-        raise ValueError(f"build_ranked_images: reward names must be distinct, got {names}")
+    reward_names = [getattr(r, "name", str(r)) for r in rewards]
+    if len(set(reward_names)) != len(reward_names):  # the row's `rewards` field is keyed by name
+        raise ValueError(f"build_ranked_images: reward names must be distinct, got {reward_names}")
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
     path = os.path.join(out_dir, "ranked.jsonl")
     k = len(generators)
@@ -171,7 +171,7 @@ def build_ranked_images(prompts: list[str], generators: list, rewards: list, out
             raw = torch.stack([r(flat, flat_prompts).view(len(ps), k) for r in rewards])  # (n, N, K)
             if not bool(torch.isfinite(raw).all()):  # a NaN wins no comparison: it would be a silent last place
                 j, i, g = (int(v) for v in (~torch.isfinite(raw)).nonzero()[0])
-                raise ValueError(f"build_ranked_images: reward {names[j]!r} gave {float(raw[j, i, g])} for prompt "
+                raise ValueError(f"build_ranked_images: reward {reward_names[j]!r} gave {float(raw[j, i, g])} for prompt "
                                  f"{ps[i]!r} (prompt {s + i}), image of generator {g}; no label can be made from it")
             psi = win_rate_labels(raw)  # (N, K)
             for i, p in enumerate(ps):
@@ -181,7 +181,7 @@ def build_ranked_images(prompts: list[str], generators: list, rewards: list, out
                     save_image(imgs[i, gi], os.path.join(out_dir, rel))
                     names.append(rel)
                 row = {"caption": p, "images": names, "scores": [round(float(v), 6) for v in psi[i]],
-                       "rewards": {getattr(r, "name", str(r)): [float(v) for v in raw[j, i]] for j, r in enumerate(rewards)},
+                       "rewards": {n: [float(v) for v in raw[j, i]] for j, n in enumerate(reward_names)},
                        "generators": [getattr(g, "name", str(g)) for g in generators]}
                 f.write(json.dumps(row) + "\n")
     bar.close()
