@@ -48,7 +48,7 @@ def iter_rows(source: str, split: str = "train") -> Iterator[tuple[int, dict | D
             yield i, row
 
 
-_FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".gz", ".csv", ".jsonl.gz", ".json.gz")
+_FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".gz", ".csv")  # lower-case names ending so are local files
 
 
 def _text_or_messages(row: dict, key: str, src: str, i: int, allow_messages: bool = True):

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 
 # A number: thousands commas only between groups of three digits (so "42," and "3, 4" end before the comma);
 # a minus sign only where it is not a hyphen between words or numbers ("pages 10-20" has no -20).
-_NUM = re.compile(r"(?<![\w.)\]])-?(?:\d{1,3}(?:,\d{3}(?!\d))+|\d+)(?:\.\d+)?|(?<![\w.)\]])-?\.\d+")
+_NUMBER = r"-?(?:\d{1,3}(?:,\d{3}(?!\d))+|\d+)(?:\.\d+)?"
+_NUM = re.compile(rf"(?<![\w.)\]])(?:{_NUMBER}|-?\.\d+)")
 _MINUSES = str.maketrans({"\u2212": "-", "\u2013": "-"})  # Unicode minus and en dash
 
 
@@ -55,7 +56,7 @@ def _answer_after_marker(tail: str) -> str | None:
     tail = tail.split("\n")[0].strip().strip("$ ")
     if "=" in tail:
         tail = tail.rsplit("=", 1)[1].strip().strip("$ ")
-    m = re.match(r"\\?\$?\s*(-?(?:\d{1,3}(?:,\d{3}(?!\d))+|\d+)(?:\.\d+)?(?:/\d+)?)(?![\d^{])", tail)
+    m = re.match(rf"\\?\$?\s*({_NUMBER}(?:/\d+)?)(?![\d^{{])", tail)
     if m:
         return m.group(1)
     tail = re.split(r"[.,;](?:\s|$)", tail)[0]  # up to the end of the sentence

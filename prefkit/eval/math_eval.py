@@ -111,13 +111,13 @@ def evaluate_math(sampler, items: list[MathItem], *, prompt_template: str = DEFA
                                                     stop=stop))
     records, k = [], 0
     for it, o in zip(items, outs):
-        o = [cut_at_stop(o[0], stop)]  # samplers cut already; a custom one may not
-        pred = extract_answer(o[0])
+        response = cut_at_stop(o[0], stop)  # samplers cut already; a custom one may not
+        pred = extract_answer(response)
         ok = is_equiv(pred, it.gold)
         k += ok
         if keep_records:
             records.append({"index": it.index, "question": it.question, "gold": it.gold, "pred": pred,
-                            "correct": ok, "response": o[0]})
+                            "correct": ok, "response": response})
     lo, hi = wilson_interval(k, len(items))
     return MathEvalResult(k / max(1, len(items)), lo, hi, len(items), k, time.time() - t0, records)
 

@@ -143,7 +143,7 @@ class HFSampler(Sampler):
                 input_ids[r, T - len(row) :] = torch.tensor(row)
                 attn[r, T - len(row) :] = 1
             torch.manual_seed(params.seed * 1_000_003 + b)
-            with cudnn_attention(False):  # left padding: cuDNN's SDPA returns NaN for the pad rows (see below)
+            with cudnn_attention(False):  # left padding: cuDNN's SDPA returns NaN for the pad rows (class docstring)
                 gen = self.model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device),
                                           generation_config=gen_cfg)
             texts = tok.batch_decode(gen[:, T:], skip_special_tokens=True)

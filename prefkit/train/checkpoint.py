@@ -23,12 +23,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to `path` through a temporary file and a rename: a crash leaves the old file or the new one."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `path` through a temporary file and a rename: a crash leaves the old file or the new one."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=1, default=str))
 
 
 def config_differences(saved: dict, now: dict, ignore: tuple[str, ...] = ()) -> list[tuple[str, object, object]]:
@@ -68,9 +72,7 @@ def truncate_metrics(path: Path, last_step: int) -> int:
             kept.append(line)
         else:
             dropped += 1
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(k + "\n" for k in kept))
-    tmp.replace(path)
+    write_text_atomic(path, "".join(k + "\n" for k in kept))
     return dropped
 
 

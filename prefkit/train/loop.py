@@ -207,7 +207,7 @@ class Trainer:
             acc.unwrap_model(self.model).save_pretrained(tmp / "model")
             state = {"global_step": step, "epoch": epoch, "micro_batches_done_in_epoch": micro_done,
                      "seed": self.cfg.seed, "num_processes": acc.num_processes,
-                     "run_config": json.loads(json.dumps(self._config_record(), default=str))}
+                     "run_config": self._config_record()}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
             ckpt_io.finalize(tmp, final, {"global_step": step})
             ckpt_io.prune(self.out, self.cfg.save_total_limit)
@@ -215,16 +215,16 @@ class Trainer:
         return final
 
     def _config_record(self) -> dict:
-        """What a checkpoint remembers of the configuration it was trained with (compared at resume)."""
-        return {"run": self.run_config, "train": asdict(self.cfg)}
+        """What a checkpoint remembers of the configuration it was trained with (compared at resume), as it reads
+        back from JSON."""
+        return json.loads(json.dumps({"run": self.run_config, "train": asdict(self.cfg)}, default=str))
 
     def _check_same_config(self, ck: Path, saved: dict | None) -> None:
         """Resuming continues the run it was: a changed config (data, method, learning rate, LoRA...) would be
         applied only in part (the restored optimizer keeps its learning rate, shapes fail to load), so refuse."""
         if saved is None:  # a checkpoint written before session 5 carries no config
             return
-        now = json.loads(json.dumps(self._config_record(), default=str))
-        diff = ckpt_io.config_differences(saved, now, ignore=("train.output_dir", "train.overwrite", "train.progress_bar"))
+        diff = ckpt_io.config_differences(saved, self._config_record(), ignore=("train.output_dir", "train.overwrite", "train.progress_bar"))
         if diff:
             shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff[:6])
             raise ValueError(f"{ck}: the configuration differs from the one this checkpoint was trained with ({shown}"
