@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--output-dir", default="runs/exp-safety")
     ap.add_argument("--validate", action="store_true", help="run the validation sweep that picks the arms instead")
-    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("overrides", nargs="*", default=[])
     args = ap.parse_args(argv)
     cfg = load_config(SafetyDemoConfig, args.config,
                       [*args.overrides, f"seeds={json.dumps(args.seeds)}", f"output_dir={args.output_dir}"])

@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="", help="suffix of the runs csv (to run seeds as parallel processes)")
     ap.add_argument("--merge", nargs="*", default=None, help="only merge these runs csvs into the tables and plot")
-    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("overrides", nargs="*", default=[])
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = Path(args.results)

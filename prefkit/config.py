@@ -66,6 +66,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         sections = [a for a in errors if dataclasses.is_dataclass(a)]
         if isinstance(value, dict) and len(sections) == 1:  # an optional section (model.lora): the key it names
             raise ConfigError(errors[sections[0]])
+        if len(errors) == 1:  # Optional[X]: X's own message ("expected a number, got ...")
+            raise ConfigError(next(iter(errors.values())) + (" (or null)" if type(None) in args else ""))
         raise ConfigError(f"{path}: {value!r} is not a {' or '.join(_type_name(a) for a in args)}")
     if origin is Literal:
         allowed = get_args(tp)

@@ -89,3 +89,10 @@ def test_override_errors_name_the_key_inside_an_optional_section_and_text_needs_
     assert cfg.data.prompt_template == "Question: {prompt} Answer:"  # not YAML: taken as the text it is
     with pytest.raises(ConfigError, match="quote it"):
         load_run_config("configs/dpo_tiny.yaml", ["data.prompt_template={prompt}"])  # a YAML mapping
+
+
+def test_step_dpo_beta_defaults_to_the_papers():
+    from prefkit.methods.dpo import MethodConfig
+
+    assert MethodConfig(name="step_dpo").beta == 0.4 and MethodConfig(name="dpo").beta == 0.1
+    assert MethodConfig(name="step_dpo", beta=0.2).beta == 0.2

@@ -6,7 +6,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from prefkit.diffusion.backend import DiffusionBackend, TinyConfig, build_tiny_backend
-from prefkit.diffusion.ddim import abar_at, ddim_sample, ddim_step, ddim_timesteps, generate
+from prefkit.diffusion.ddim import ddim_sample, ddim_schedule, ddim_step, generate
 from prefkit.diffusion.lora import adapters_disabled, add_lora, load_lora, save_lora
 from prefkit.diffusion.noise_mse import group_mse, noise_prediction_mse
 from prefkit.diffusion.word_tokenizer import WordTokenizer
@@ -69,14 +69,13 @@ def test_adapters_disabled_without_lora_is_an_error():
 def test_ddim_step_matches_diffusers(eta):
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True, set_alpha_to_one=True)
     sched.set_timesteps(10)
-    ours = ddim_timesteps(1000, 10)
-    assert [t for t, _ in ours] == sched.timesteps.tolist()
+    ours = ddim_schedule(sched, 10)
+    assert [t for t, _, _ in ours] == sched.timesteps.tolist()
     g = torch.Generator().manual_seed(3)
-    for t, t_prev in ours[:3] + ours[-2:]:
+    for t, a_t, a_prev in ours[:3] + ours[-2:]:
         x, eps, z = (torch.randn(2, 3, 4, 4, generator=g) for _ in range(3))
         ref = sched.step(eps, t, x, eta=eta, variance_noise=z if eta > 0 else None)
-        st = ddim_step(x, eps, abar_at(sched.alphas_cumprod, t), abar_at(sched.alphas_cumprod, t_prev), eta=eta,
-                       noise=z, clip_sample=True)
+        st = ddim_step(x, eps, a_t, a_prev, eta=eta, noise=z, clip_sample=True)
         assert torch.allclose(st.prev, ref.prev_sample, atol=1e-5)
         assert torch.allclose(st.x0_hat, ref.pred_original_sample, atol=1e-5)
 
@@ -177,3 +176,25 @@ def test_saved_lora_loads_with_diffusers_load_lora_weights(tmp_path):
     with torch.no_grad():
         from_old = load_lora(DiffusionBackend.from_pretrained(sd_dir).unet, str(old))
         torch.testing.assert_close(from_old(x, t, encoder_hidden_states=c).sample, trained, atol=1e-5, rtol=0)
+
+
+def test_ddim_sampling_of_an_sd15_style_folder_equals_the_diffusers_pipeline(tmp_path):
+    """An SD 1.x folder's scheduler config (steps_offset 1, set_alpha_to_one false) sets where DDIM steps: 951, ..., 1
+    at 20 steps, the last step ending at alphas_cumprod[0] (sigma > 0 there, so SPO compares candidates at every
+    step). prefkit's sampler, which SPO and every image evaluation use, gives the pipeline's latents."""
+    from diffusers import StableDiffusionPipeline
+
+    from prefkit.diffusion.tiny_sd import save_tiny_sd_pipeline
+
+    path = save_tiny_sd_pipeline(str(tmp_path / "sd"), latent_size=8)
+    b = DiffusionBackend.from_pretrained(path)
+    grid = ddim_schedule(b.scheduler, 20)
+    assert [t for t, _, _ in grid][:2] == [951, 901] and grid[-1][0] == 1
+    assert grid[-1][2] == pytest.approx(float(b.scheduler.alphas_cumprod[0]))
+    pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False)
+    x_T = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    want = pipe("a red square", num_inference_steps=4, guidance_scale=3.0, latents=x_T.clone(), eta=0.0,
+                output_type="latent").images
+    cond, uncond = b.encode_text(["a red square"]), b.encode_text([""])
+    ours = ddim_sample(b.unet, b.scheduler, cond, uncond, num_steps=4, guidance=3.0, x_T=x_T.clone())
+    torch.testing.assert_close(ours, want, atol=1e-5, rtol=0)

@@ -60,3 +60,11 @@ def test_train_cli_records_absolute_paths_so_resume_works_from_elsewhere(tmp_pat
     assert rc["train"]["output_dir"] == str(out) and rc["method"]["reference_cache_dir"] == str(tmp_path / "cache")
     monkeypatch.chdir(tmp_path)  # somewhere else
     assert main(["resume", str(out)]) == 0
+
+
+def test_train_without_arguments_asks_for_the_config_only(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "required: config" in err and "overrides" not in err.split("error:")[1]  # key=value overrides are optional

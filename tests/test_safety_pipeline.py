@@ -73,6 +73,12 @@ def test_config_errors():
         SafetyPairsConfig(chosen="best")
     with pytest.raises(ValueError, match="egida_file"):
         SafetyDataConfig(source="egida")
+    # the pairs must be written so that training renders the context the answers were sampled under
+    with pytest.raises(ValueError, match="set conversational: true"):
+        SafetyPairsConfig(prompt_template=None, conversational=False)
+    with pytest.raises(ValueError, match="needs prompt_template: null"):
+        SafetyPairsConfig(conversational=True)
+    SafetyPairsConfig(prompt_template=None, conversational=True)
 
 
 def _tiny_model_dir(tmp_path):

@@ -177,6 +177,11 @@ def test_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert stats["judge"] == "arithmetic" and stats["counts"]["samples"] == 6
     text = capsys.readouterr().out
     assert "1/3 error collection" in text and "2/3 step localisation" in text and "3/3 rectification" in text
+    # its `prompt` column is already rendered as sampled: training must not wrap it in another template
+    from prefkit.methods.lm_recipe import check_built_prompts
+    with pytest.raises(ValueError, match="already holds the prompt as sampled, rendered with prompt_template 'Question"):
+        check_built_prompts(str(out), "<|user|>{prompt}<|assistant|>")
+    check_built_prompts(str(out), "{prompt}")
 
 
 def test_full_solution_rows_keep_the_response_prefix_in_the_prompt():

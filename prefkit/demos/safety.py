@@ -216,7 +216,7 @@ def run_demo(cfg: SafetyDemoConfig, log=print) -> dict:
 def cli_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="prefkit demo safety", description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=None, help="YAML with SafetyDemoConfig fields (configs/safety_demo.yaml)")
-    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. seeds=[0,1] train.learning_rate=1e-4")
+    ap.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. seeds=[0,1] train.learning_rate=1e-4")
     args = ap.parse_args(argv)
     from prefkit.config import ConfigError, load_config
     try:

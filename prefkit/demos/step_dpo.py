@@ -208,7 +208,7 @@ def cli_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="prefkit demo step-dpo", description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=str(DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() else None)
     ap.add_argument("--output-dir", default=None)
-    ap.add_argument("overrides", nargs="*", help="key=value, e.g. step_dpo.learning_rate=1e-5 n_pref=300")
+    ap.add_argument("overrides", nargs="*", default=[], help="key=value, e.g. step_dpo.learning_rate=1e-5 n_pref=300")
     args = ap.parse_args(argv)
     cfg = load_demo_config(args.config, args.overrides + ([f"output_dir={args.output_dir}"] if args.output_dir else []))
     import torch

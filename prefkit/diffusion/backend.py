@@ -208,7 +208,9 @@ class DiffusionBackend:
         SDXL: also text_encoder_2/ and tokenizer_2/, and model_index.json's force_zeros_for_empty_prompt).
 
         The training schedule is always a DDPMScheduler built from the folder's scheduler config
-        (SD ships PNDM/DDIM configs with the same betas)."""
+        (SD ships PNDM/DDIM configs with the same betas); it also keeps the config's set_alpha_to_one, which
+        DDPM does not use but prefkit's DDIM sampling does (ddim_schedule: SD 1.5 steps 951..1 and ends at
+        alphas_cumprod[0], as diffusers' DDIMScheduler does with that config)."""
         if not os.path.isdir(path):
             raise FileNotFoundError(f"DiffusionBackend.from_pretrained: {path!r} is not a local folder")
         if os.path.isdir(os.path.join(path, "transformer")) and not os.path.isdir(os.path.join(path, "unet")):
@@ -221,6 +223,7 @@ class DiffusionBackend:
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype)
         sched_cfg = DDPMScheduler.load_config(path, subfolder="scheduler")
         scheduler = DDPMScheduler.from_config(sched_cfg)
+        scheduler.register_to_config(set_alpha_to_one=sched_cfg.get("set_alpha_to_one", True))
         text_encoder = CLIPTextModel.from_pretrained(os.path.join(path, "text_encoder"), torch_dtype=torch_dtype)
         tok_dir = os.path.join(path, "tokenizer")
         if WordTokenizer.is_saved_in(tok_dir):

@@ -1,8 +1,9 @@
 """DDIM sampling with classifier-free guidance, written out step by step so other methods can reuse
 the pieces (SPO branches k candidates from one x_t with `ddim_mean`; its per-step log-probability uses the same mean).
 
-Song et al. 2021, eq. 12, with diffusers' DDIMScheduler conventions ("leading" spacing,
-abar_prev = 1 after the last step, optional clipping of x0_hat):
+Song et al. 2021, eq. 12, with diffusers' DDIMScheduler conventions, read from the scheduler's config
+(`ddim_schedule`: timestep spacing and steps_offset, abar_prev after the last step = 1 with set_alpha_to_one,
+else alphas_cumprod[0] as SD 1.x/2.x ship it; optional clipping of x0_hat):
     x0_hat  = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)
     sigma_t = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)
     mean    = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma_t^2) eps_hat
@@ -25,17 +26,23 @@ class DDIMStep:
     x0_hat: torch.Tensor
 
 
-def ddim_timesteps(num_train_timesteps: int, num_steps: int) -> list[tuple[int, int]]:
-    """[(t, t_prev), ...] from noisy to clean; t_prev = -1 means abar_prev = 1."""
-    if not 1 <= num_steps <= num_train_timesteps:
-        raise ValueError(f"ddim: num_steps must be in [1, {num_train_timesteps}], got {num_steps}")
-    stride = num_train_timesteps // num_steps
-    ts = [i * stride for i in range(num_steps)][::-1]
-    return [(t, t - stride) for t in ts]
+def ddim_schedule(scheduler, num_steps: int) -> list[tuple[int, float, float]]:
+    """[(t, abar_t, abar_prev), ...] from noisy to clean, as diffusers' DDIMScheduler steps with this scheduler's
+    config: its timestep spacing and steps_offset (SD 1.5: 951, 901, ..., 1), t_prev = t - T / num_steps, and after
+    the last step abar_prev = 1 with set_alpha_to_one (the default; a DDPM config has no such key) or
+    alphas_cumprod[0] (SD 1.5's config: False). Any diffusers scheduler with alphas_cumprod works: the training
+    DDPMScheduler of a prefkit backend carries the folder's set_alpha_to_one (DiffusionBackend.from_pretrained)."""
+    from diffusers import DDIMScheduler
 
-
-def abar_at(alphas_cumprod: torch.Tensor, t: int) -> torch.Tensor:
-    return alphas_cumprod[t] if t >= 0 else torch.ones((), dtype=alphas_cumprod.dtype)
+    n_train = scheduler.config.num_train_timesteps
+    if not 1 <= num_steps <= n_train:
+        raise ValueError(f"ddim: num_steps must be in [1, {n_train}], got {num_steps}")
+    ddim = scheduler if isinstance(scheduler, DDIMScheduler) else DDIMScheduler.from_config(scheduler.config)
+    ddim.set_timesteps(num_steps)
+    stride = n_train // num_steps
+    ac = scheduler.alphas_cumprod
+    final = 1.0 if ddim.config.set_alpha_to_one else float(ac[0])
+    return [(int(t), float(ac[t]), float(ac[t - stride]) if t - stride >= 0 else final) for t in ddim.timesteps]
 
 
 def per_row(a: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
@@ -58,13 +65,18 @@ def ddim_sigma(abar_t: torch.Tensor | float, abar_prev: torch.Tensor | float, et
     return (eta * var.clamp_min(0.0).sqrt()).to(dtype)
 
 
+def x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
+    """x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t); abar_t broadcasts against x_t (N, C, H, W)."""
+    return (x_t - (1.0 - abar_t).sqrt() * eps) / abar_t.sqrt()
+
+
 def ddim_mean(x_t: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor | float, abar_prev: torch.Tensor | float,
               eta: float, *, clip_sample: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean, sigma, x0_hat) of one DDIM step for x_t (N, C, H, W) and the (guided) noise prediction eps; the
     schedule values are floats, scalar tensors or (N,) tensors (one per row); sigma broadcasts against x_t."""
     sigma = per_row(ddim_sigma(abar_t, abar_prev, eta), x_t)
     abar_t, abar_prev = per_row(abar_t, x_t), per_row(abar_prev, x_t)
-    x0_hat = (x_t - (1.0 - abar_t).sqrt() * eps) / abar_t.sqrt()  # (N, C, H, W)
+    x0_hat = x0_from_eps(x_t, eps, abar_t)  # (N, C, H, W)
     if clip_sample:
         x0_hat = x0_hat.clamp(-1.0, 1.0)
     direction = (1.0 - abar_prev - sigma**2).clamp_min(0.0).sqrt() * eps
@@ -128,11 +140,10 @@ def ddim_sample(unet, scheduler, cond: torch.Tensor, uncond: torch.Tensor | None
     cfg = unet.config
     shape = (cond.shape[0], cfg.in_channels, cfg.sample_size, cfg.sample_size)
     x = x_T if x_T is not None else torch.randn(shape, generator=generator, dtype=cond.dtype).to(cond.device)
-    ac = scheduler.alphas_cumprod.to(x.device)
     clip = scheduler.config.get("clip_sample", False) if clip_sample is None else clip_sample
-    for i, (t, t_prev) in enumerate(ddim_timesteps(scheduler.config.num_train_timesteps, num_steps)):
+    for i, (t, a_t, a_prev) in enumerate(ddim_schedule(scheduler, num_steps)):
         eps = guided_eps(unet, x, t, cond, uncond, guidance, scheduler=scheduler)
-        step = ddim_step(x, eps, abar_at(ac, t), abar_at(ac, t_prev), eta=eta, clip_sample=clip, generator=generator)
+        step = ddim_step(x, eps, a_t, a_prev, eta=eta, clip_sample=clip, generator=generator)
         if callback is not None:
             callback(i, t, step)
         x = step.prev

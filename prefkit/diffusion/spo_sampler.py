@@ -10,8 +10,8 @@ continues from a candidate drawn uniformly at random (the step-wise resampler), 
 shares one parent. Before ``divert_start_step`` the chain is an ordinary single DDIM chain.
 
 Written against the generic diffusers interfaces: ``unet(x, t, encoder_hidden_states=e).sample`` and a
-scheduler with ``alphas_cumprod`` and ``config.num_train_timesteps`` (a DDIMScheduler keeps its own
-timestep spacing and ``final_alpha_cumprod``; see ``ddim_schedule``). A step whose sigma_t is 0 (the last
+scheduler with ``alphas_cumprod`` and a config (timestep spacing, steps_offset and the final alpha_bar follow
+diffusers' DDIMScheduler for that config; see ``prefkit.diffusion.ddim.ddim_schedule``). A step whose sigma_t is 0 (the last
 step when alpha_bar_prev = 1) has no diversity and is taken as a plain step.
 """
 from __future__ import annotations
@@ -20,10 +20,9 @@ from dataclasses import dataclass, fields
 from typing import Callable
 
 import torch
-from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
-from prefkit.diffusion.ddim import ddim_mean, ddim_timesteps, guided_eps_and_forwards
+from prefkit.diffusion.ddim import ddim_mean, ddim_schedule, guided_eps_and_forwards  # noqa: F401 (ddim_schedule: also imported from here)
 
 # score_fn(x0_hat (N, C, H, W), timesteps (N,), rows (N,)) -> (N,) preference logits, higher = better;
 # ``rows`` indexes the prompt batch so the caller can look up each candidate's prompt.
@@ -97,24 +96,6 @@ class SPOSampleOutput:
     unet_forwards: int           # per-sample UNet evaluations (CFG counts 2)
     n_compared: int              # (step, prompt) comparisons made
     scores: torch.Tensor         # (n_compared * k,) every candidate score, for logging
-
-
-def ddim_schedule(scheduler, num_steps: int) -> list[tuple[int, float, float]]:
-    """[(t, alpha_bar_t, alpha_bar_prev), ...] from noisy to clean.
-
-    A diffusers DDIMScheduler keeps its own spacing (``steps_offset``) and ``final_alpha_cumprod``
-    (SD1.5: alphas_cumprod[0]); any other scheduler (the DDPMScheduler of prefkit backends) follows
-    ``prefkit.diffusion.ddim``: leading spacing and alpha_bar_prev = 1 after the last step.
-    """
-    ac = scheduler.alphas_cumprod
-    if isinstance(scheduler, DDIMScheduler):
-        scheduler.set_timesteps(num_steps)
-        stride = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
-        pairs = [(int(t), int(t) - stride) for t in scheduler.timesteps]
-        final = float(scheduler.final_alpha_cumprod)
-    else:
-        pairs, final = ddim_timesteps(scheduler.config.num_train_timesteps, num_steps), 1.0
-    return [(t, float(ac[t]), float(ac[tp]) if tp >= 0 else final) for t, tp in pairs]
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ from typing import ClassVar
 from prefkit.data.loaders import load_preferences
 from prefkit.methods.lm_recipe import (
     GroupCollator,
+    check_built_prompts,
     LMDataConfig,
     LMMethodConfig,
     LMRunConfig,
@@ -41,11 +42,14 @@ class MethodConfig(LMMethodConfig):  # + beta, reference, backend, ... (lm_recip
     NAMES: ClassVar[tuple[str, ...]] = ("dpo", "step_dpo")
 
     name: str = "dpo"  # dpo | step_dpo (same loss; step_dpo expects step pairs)
+    beta: float | None = None  # None: 0.4 for step_dpo (Lai et al. 2024), 0.1 (TRL's default) for dpo
     loss_kind: str = "sigmoid"  # sigmoid | ipo | hinge
     label_smoothing: float = 0.0
     rpo_alpha: float = 0.0  # > 0: + alpha x NLL of the chosen completion per token (RPO; TRL's rpo_alpha)
 
     def __post_init__(self):
+        if self.beta is None:
+            self.beta = 0.4 if self.name == "step_dpo" else 0.1
         super().__post_init__()
         if self.rpo_alpha < 0:
             raise ValueError(f"method.rpo_alpha: must be >= 0, got {self.rpo_alpha}")
@@ -64,6 +68,9 @@ def run(cfg: DPORunConfig, *, resume: bool = False, log=print) -> TrainResult:
     examples, report = load_preferences(cfg.data.train_file, format=cfg.data.format, split=cfg.data.split,
                                         skip_invalid=cfg.data.skip_invalid, limit=cfg.data.limit)
     settings = cfg.data.settings()
+    for f in (cfg.data.train_file, cfg.data.eval_file):
+        if f:
+            check_built_prompts(f, settings.prompt_template)
     groups = tokenize_all(examples, tokenizer, settings, report, cfg.data.skip_invalid)
     log(report.summary())
     eval_groups = None

@@ -6,7 +6,9 @@ picks its objective, and hands the rest to `train_lm`.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 from prefkit.data.collate import BACKENDS
@@ -46,6 +48,26 @@ class LMDataConfig:
 
     def settings(self) -> TokenizeSettings:
         return TokenizeSettings(self.max_length, self.max_prompt_length, self.prompt_template)
+
+
+def check_built_prompts(data_file: str, prompt_template: str) -> None:
+    """`prefkit build step-pairs` writes the `prompt` column as the model was sampled with (its prompt template or
+    chat template, recorded in `<file>.stats.json`). Wrapping it again in data.prompt_template would train on a
+    context the policy never sampled from, which Step-DPO's in-distribution data is meant to avoid."""
+    stats = Path(data_file).with_name(Path(data_file).name + ".stats.json")
+    if prompt_template == "{prompt}" or not stats.is_file():
+        return
+    try:
+        built = json.loads(stats.read_text()).get("config", {})
+    except (json.JSONDecodeError, AttributeError):
+        return  # not a prefkit build record
+    if "prompt_template" not in built:
+        return
+    how = "the model's chat template" if built.get("chat") else f"prompt_template {built['prompt_template']!r}"
+    raise ValueError(f"data.prompt_template: {data_file} was built by `prefkit build step-pairs` ({stats.name}), so its "
+                     f"`prompt` column already holds the prompt as sampled, rendered with {how}; rendering it again "
+                     f"with {prompt_template!r} would train on a context the policy never saw. Leave "
+                     "data.prompt_template at '{prompt}' (raw-question data such as the public Step-DPO set needs it).")
 
 
 @dataclass

@@ -76,8 +76,6 @@ def run(cfg: SafetyRunConfig, *, resume: bool = False, log=print, sampler=None) 
     if not cfg.model.name_or_path:
         raise ValueError("model.name_or_path: the target model folder is required (its own answers are the rejected ones)")
     pairs_cfg = replace(cfg.pairs, model=cfg.pairs.model or cfg.model.name_or_path)
-    if pairs_cfg.conversational and pairs_cfg.prompt_template is not None:
-        raise ValueError("pairs.conversational needs pairs.prompt_template: null (the chat template renders them)")
     pairs_file = Path(pairs_cfg.out_dir) / "pairs.jsonl"
     if cfg.method.rebuild_pairs or not pairs_file.exists():
         s = build_safety_pairs(pairs_cfg, sampler=sampler)

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from prefkit.diffusion.lora import adapters_disabled, has_lora, save_lora
 from prefkit.diffusion.run_config import DiffusionModelConfig
-from prefkit.diffusion.ddim import guided_eps_and_forwards
+from prefkit.diffusion.ddim import guided_eps_and_forwards, x0_from_eps
 from prefkit.diffusion.spo_sampler import SPOSamplerConfig, StepPairs, spo_sample
 from prefkit.losses.spo import ddim_step_logprob, spo_step_loss
 from prefkit.train.checkpoint import write_json_atomic
@@ -294,7 +294,7 @@ def guided_x0_fn(backend, guidance_scale: float, clip_sample: bool):
         eps, n = guided_eps_and_forwards(backend.unet, x_t, t, cond, uncond1.expand_as(cond), guidance_scale,
                                          scheduler=backend.scheduler)
         a = backend.scheduler.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1)
-        x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+        x0 = x0_from_eps(x_t, eps, a)
         return (x0.clamp(-1, 1) if clip_sample else x0), n  # n: CFG counts 2 per item
 
     return denoise

@@ -58,6 +58,13 @@ class SafetyPairsConfig:
             raise ValueError(f"chosen: {self.chosen!r} is not refusal, file:PATH or model:PATH")
         if self.prompt_template is not None and "{prompt}" not in self.prompt_template:
             raise ValueError("prompt_template: must contain {prompt}")
+        # The answers are sampled under the prompt as rendered here; the pairs must be written so that training
+        # renders the same context: text prompts under prompt_template, or message lists under the chat template.
+        if self.conversational and self.prompt_template is not None:
+            raise ValueError("conversational: true needs prompt_template: null (the chat template renders the messages)")
+        if not self.conversational and self.prompt_template is None:
+            raise ValueError("prompt_template: null samples under the chat template, so the pairs must be messages: "
+                             "set conversational: true (plain-text pairs would train on the bare question)")
 
 
 def load_safe_responses(path: str, skip_invalid: bool = False) -> tuple[dict[str, str], LoadReport]:

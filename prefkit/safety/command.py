@@ -23,7 +23,7 @@ def model_config_command(argv: list[str], *, prog: str, description: str, config
     ap.add_argument("--config", default=None, help=f"YAML with {config_cls.__name__} fields (e.g. {config_example})")
     ap.add_argument("--out", default=None, help="output folder (overrides out_dir)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    ap.add_argument("overrides", nargs="*", help=f"dotted overrides, e.g. {overrides_example}")
+    ap.add_argument("overrides", nargs="*", default=[], help=f"dotted overrides, e.g. {overrides_example}")
     args = ap.parse_args(argv)
     try:
         cfg = load_config(config_cls, args.config, args.overrides)

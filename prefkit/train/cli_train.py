@@ -71,7 +71,7 @@ def absolute_paths(cfg):
 def cli_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="prefkit train", description="Train with a YAML config; key=value overrides.")
     ap.add_argument("config")
-    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.learning_rate=1e-5")
+    ap.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. train.learning_rate=1e-5")
     args = ap.parse_args(argv)
     try:
         module, cfg = load_run_config(args.config, args.overrides)
