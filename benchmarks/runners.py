@@ -285,7 +285,7 @@ def _module_class():
 
 def run_prefkit(policy, ref, groups, shape: Shape, batch: int, s: RunSettings, *, backend: str,
                 precompute: bool, flex: bool = False, pad_to_multiple_of: int | None = None, sdpa_cudnn: bool = False,
-                tag: str) -> RunResult:
+                torch_compile: bool = False, tag: str) -> RunResult:
     from prefkit.methods.dpo import GroupCollator
     from prefkit.train.config import TrainConfig
     from prefkit.train.loop import Trainer
@@ -317,7 +317,8 @@ def run_prefkit(policy, ref, groups, shape: Shape, batch: int, s: RunSettings, *
                       batch_size=batch, lr_scheduler="constant", warmup_ratio=0.0, weight_decay=0.0,
                       max_grad_norm=1.0, mixed_precision=s.mixed_precision, logging_steps=s.window_steps,
                       optim=s.optim, dataloader_num_workers=s.workers,
-                      save_steps=0, overwrite=True, progress_bar=False, sdpa_cudnn=sdpa_cudnn)
+                      save_steps=0, overwrite=True, progress_bar=False, sdpa_cudnn=sdpa_cudnn,
+                      torch_compile=torch_compile)  # compiles in the warm-up window
     trainer = Trainer(cfg, module, groups, GroupCollator(PAD_ID, backend, pad_to_multiple_of), log=lambda *a, **k: None)
     trainer._save = lambda *a, **k: None  # no checkpoint writing (TRL runs with save_strategy="no")
     marks, flush = [], trainer._flush

@@ -49,8 +49,9 @@ from benchmarks.shapes import (SHAPES, build_models, linear_params, make_groups,
 CORE = ("trl", "prefkit-naive", "prefkit-prefix", "prefkit-kv")
 # only when asked for: prefix-shared rows rounded up to a multiple of 64 tokens; the prefix layout and TRL with SDPA's
 # cuDNN kernel left on (torch's default; prefkit's Trainer turns it off by default, train.sdpa_cudnn, and `trl` runs
-# the same way, so that both trainers use the same attention kernels)
-EXTRA = ("prefkit-prefix-pad64", "prefkit-prefix-cudnn", "trl-cudnn")
+# the same way, so that both trainers use the same attention kernels); -compile: train.torch_compile (each decoder layer
+# compiled; compilation falls in the warm-up window)
+EXTRA = ("prefkit-prefix-pad64", "prefkit-prefix-cudnn", "trl-cudnn", "prefkit-prefix-compile", "prefkit-naive-compile")
 PRECOMPUTED = ("trl-precomputed", "prefkit-prefix-precomputed", "prefkit-kv-precomputed")
 LOSS_TOL = 1e-4
 
@@ -72,7 +73,8 @@ def run_variant(variant: str, policy, ref, groups, shape, batch: int, s: RunSett
         backend = "naive" if "naive" in variant else "kv" if "-kv" in variant else "prefix"
         return run_prefkit(policy, ref, groups, shape, batch, s, backend=backend, precompute=pre,
                            flex="flex" in variant, pad_to_multiple_of=64 if variant.endswith("-pad64") else None,
-                           sdpa_cudnn=variant.endswith("-cudnn"), tag=variant)
+                           sdpa_cudnn=variant.endswith("-cudnn"), torch_compile=variant.endswith("-compile"),
+                           tag=variant)
     except torch.OutOfMemoryError:
         return RunResult(variant, shape.name, batch, error="out of memory")
     except Exception as e:  # a benchmark table row, not a crash: report what failed and go on

@@ -68,11 +68,20 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(target)
     try:
         return int(module.cli_main(rest) or 0)
-    except (FileExistsError, FileNotFoundError, ValueError) as e:  # the user's to fix: a message, not a traceback
-        if os.environ.get("PREFKIT_TRACEBACK"):
+    except Exception as e:
+        # the user's to fix: a message, not a traceback (bad config or data, missing files or packages, no network
+        # for a hub name, a loss that went NaN, a datasets reading error); anything else is a bug: the traceback
+        if os.environ.get("PREFKIT_TRACEBACK") or not _users_to_fix(e):
             raise
-        print(f"prefkit {cmd}: error: {e}\n(set PREFKIT_TRACEBACK=1 for the traceback)", file=sys.stderr)
-        return 2
+        print(f"prefkit {cmd}: error: {type(e).__name__ + ': ' if not isinstance(e, ValueError) else ''}{e}\n"
+              "(set PREFKIT_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return 1 if type(e).__name__ == "NonFiniteLossError" else 2
+
+
+def _users_to_fix(e: Exception) -> bool:
+    if isinstance(e, (ValueError, OSError, ImportError)) or type(e).__name__ == "NonFiniteLossError":
+        return True  # OSError: files, disk, network (hub lookups); NonFiniteLossError names the step and the rows
+    return type(e).__module__.split(".")[0] == "datasets" and type(e).__name__.endswith("Error")  # DatasetGenerationError
 
 
 if __name__ == "__main__":

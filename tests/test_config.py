@@ -96,3 +96,22 @@ def test_step_dpo_beta_defaults_to_the_papers():
 
     assert MethodConfig(name="step_dpo").beta == 0.4 and MethodConfig(name="dpo").beta == 0.1
     assert MethodConfig(name="step_dpo", beta=0.2).beta == 0.2
+
+
+def test_templates_with_single_braces_are_refused_at_config_time():
+    """A literal brace in a str.format template (\\boxed{}) would fail at the first row; the config says how to
+    write it instead, for every template a config or flag takes."""
+    from prefkit.methods.dpo import DataConfig
+    from prefkit.pipelines.safety_pairs import SafetyPairsConfig
+    from prefkit.pipelines.step_pairs import StepPairsConfig
+
+    with pytest.raises(ValueError, match=r"data.prompt_template: .*write \{\{ and \}\}"):
+        DataConfig(train_file="x.jsonl", prompt_template="Q: {prompt} within \\boxed{}. A:")
+    assert DataConfig(train_file="x.jsonl", prompt_template="Q: {prompt} within \\boxed{{}}. A:").settings() \
+        .prompt_template.format(prompt="1+1") == "Q: 1+1 within \\boxed{}. A:"
+    with pytest.raises(ValueError, match="must contain"):
+        DataConfig(train_file="x.jsonl", prompt_template="Q: A:")
+    with pytest.raises(ValueError, match="write"):
+        StepPairsConfig(prompt_template="Question: {question} {x}")
+    with pytest.raises(ValueError, match="write"):
+        SafetyPairsConfig(prompt_template="{prompt} }")

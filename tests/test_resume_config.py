@@ -3,6 +3,7 @@ would be applied only in part); metrics.jsonl loses the lines after the checkpoi
 a line torn by a crash goes); the CLI reports such errors as one message."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,27 @@ def test_train_without_arguments_asks_for_the_config_only(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "required: config" in err and "overrides" not in err.split("error:")[1]  # key=value overrides are optional
+
+
+def test_a_moved_run_resumes_in_its_new_folder_and_new_fields_are_no_difference(tmp_path, capsys):
+    """`prefkit resume DIR` continues the run in DIR, also after the folder was moved (run_config.json records the
+    old absolute path); a config field added to prefkit after the run started (absent from the checkpoint's record
+    and run_config.json) takes its default and is not a changed configuration."""
+    old = tmp_path / "old"
+    _train(old)
+    shutil.rmtree(old / "checkpoint-4")
+    new = tmp_path / "moved"
+    shutil.move(str(old), str(new))
+    ck = new / "checkpoint-2" / "trainer_state.json"
+    state = json.loads(ck.read_text())
+    del state["run_config"]["train"]["torch_compile"]  # as written before the field existed
+    ck.write_text(json.dumps(state))
+    from prefkit.train import checkpoint as ckpt_io
+    tmp = shutil.move(str(ck.parent), str(tmp_path / "ck.tmp"))
+    ckpt_io.finalize(Path(tmp), ck.parent, {"global_step": 2})  # its manifest, as that version wrote it
+    rc = json.loads((new / "run_config.json").read_text())
+    del rc["train"]["torch_compile"]
+    (new / "run_config.json").write_text(json.dumps(rc))
+    assert main(["resume", str(new)]) == 0, capsys.readouterr().err
+    assert (new / "checkpoint-4").is_dir() and not old.exists()
+    assert [json.loads(x)["step"] for x in (new / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]

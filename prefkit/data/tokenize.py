@@ -25,6 +25,19 @@ class TokenizeSettings:
     add_eos: bool = True
 
 
+def check_template(template: str, key: str, name: str = "prompt", *others: str) -> None:
+    """A template filled with str.format(name=..., *others): it must contain {name}, and any other brace must be
+    doubled ("\\boxed{{}}" for a literal \\boxed{}), or filling it fails mid-run. `key` names the config field."""
+    if "{" + name + "}" not in template:
+        raise ValueError(f"{key}: must contain {{{name}}}")
+    try:
+        template.format(**{k: "" for k in (name, *others)})
+    except (IndexError, KeyError, ValueError) as e:
+        raise ValueError(f"{key}: {template!r} is filled with str.format, so braces other than {{{name}}} must be "
+                         f"doubled: write {{{{ and }}}} for a literal {{ and }} (e.g. \\boxed{{{{}}}}) "
+                         f"[{type(e).__name__}: {e}]") from None
+
+
 def _is_conversation(x) -> bool:
     return isinstance(x, list)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from prefkit.data.errors import DataError
 from prefkit.data.jsonl import read_jsonl_objects
+from prefkit.data.tokenize import check_template
 from prefkit.eval.math_answers import extract_answer, extract_boxed, gsm8k_gold, is_equiv
 
 DEFAULT_PROMPT_TEMPLATE = "Question: {question}\nAnswer: "
@@ -137,8 +138,10 @@ def cli_main(argv: list[str]) -> int:
     ap.add_argument("--out", default=None, help="write per-problem records (jsonl) and a summary (.json) here")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     args = ap.parse_args(argv)
-    if "{question}" not in args.prompt_template:
-        ap.error("--prompt-template must contain {question}")
+    try:
+        check_template(args.prompt_template, "--prompt-template", "question")
+    except ValueError as e:
+        ap.error(str(e))
     import torch
 
     if args.threads:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from prefkit.data.errors import DataError
+from prefkit.data.tokenize import check_template
 from prefkit.eval.math_eval import wilson_interval
 from prefkit.safety.command import model_config_command
 from prefkit.safety.judges import SafetyJudge, Verdict
@@ -101,8 +102,8 @@ class SafetyEvalConfig:
     def __post_init__(self):
         if self.judge != "embedded" and not self.judge.startswith("llama-guard:"):
             raise ValueError(f"judge: {self.judge!r} is not 'embedded' or 'llama-guard:PATH'")
-        if self.prompt_template is not None and "{prompt}" not in self.prompt_template:
-            raise ValueError("prompt_template: must contain {prompt}")
+        if self.prompt_template is not None:
+            check_template(self.prompt_template, "prompt_template")
 
 
 def make_judge(spec: str, batch_size: int = 8) -> SafetyJudge:

@@ -33,6 +33,11 @@ class LMPreferenceModule(torch.nn.Module):
         extra = (out.n_tokens,) if getattr(self.objective, "needs_n_tokens", False) else ()
         return self.objective(out.logps, ref_logps.to(out.logps.dtype), batch["labels"], batch["mask"], *extra)
 
+    def compile_targets(self) -> list[torch.nn.Module]:
+        """The models whose repeated blocks train.torch_compile compiles: the policy, and a frozen copy reference."""
+        ref = getattr(self, "reference", None)
+        return [self.policy] + ([ref.model] if isinstance(ref, FrozenCopyReference) else [])
+
     def flops(self, batch: dict) -> torch.Tensor:
         """Model FLOPs of one step on this batch: 6 N per policy token (forward + backward) + 2 N per
         reference token (forward), N = linear weights including the output layer (the ANCHORS.md convention)."""

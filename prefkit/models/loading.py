@@ -48,6 +48,12 @@ def _safetensors_in(path: str) -> bool | None:
     return None
 
 
+def _check_local(path: str, key: str) -> None:
+    """A path written as one (/..., ./..., ../..., ~/...) that does not exist is a missing folder, not a hub name."""
+    if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().exists():
+        raise FileNotFoundError(f"{key}: {path}: no such folder (hub models are named like owner/name)")
+
+
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
@@ -55,7 +61,18 @@ def load_tokenizer(cfg: ModelConfig):
         from prefkit.models.byte_tokenizer import build_byte_tokenizer
 
         return build_byte_tokenizer()
-    tok = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
+    source = cfg.tokenizer or cfg.name_or_path
+    _check_local(source, "model.tokenizer" if cfg.tokenizer else "model.name_or_path")
+    try:
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, TypeError) as e:
+        if Path(source).is_dir() and not cfg.tokenizer and not any(
+                p.name.startswith(("tokenizer", "vocab", "merges", "spiece")) or p.suffix in (".model", ".tiktoken")
+                for p in Path(source).iterdir()):
+            raise FileNotFoundError(f"model.name_or_path: {source} holds no tokenizer files (tokenizer.json, "
+                                    "tokenizer_config.json, vocab.*, *.model); set model.tokenizer to a folder that "
+                                    f"does [{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}]") from e
+        raise
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -89,6 +106,7 @@ def load_causal_lm(cfg: ModelConfig):
         torch.manual_seed(cfg.init_seed)
         model = AutoModelForCausalLM.from_config(hf_cfg, dtype=DTYPES[cfg.dtype])
         return prepare_policy(model, cfg)
+    _check_local(cfg.name_or_path, "model.name_or_path")
     model = AutoModelForCausalLM.from_pretrained(
         cfg.name_or_path,
         dtype=DTYPES[cfg.dtype],

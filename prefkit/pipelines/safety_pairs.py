@@ -21,6 +21,7 @@ from pathlib import Path
 
 from prefkit.data.errors import DataError, LoadReport
 from prefkit.data.jsonl import read_jsonl_objects
+from prefkit.data.tokenize import check_template
 from prefkit.safety.command import model_config_command
 from prefkit.safety.schema import SafetyExample
 from prefkit.safety.task import (
@@ -56,8 +57,8 @@ class SafetyPairsConfig:
             raise ValueError(f"judge: {self.judge!r} is not 'embedded' or 'llama-guard:PATH'")
         if not (self.chosen == "refusal" or self.chosen.startswith(("file:", "model:"))):
             raise ValueError(f"chosen: {self.chosen!r} is not refusal, file:PATH or model:PATH")
-        if self.prompt_template is not None and "{prompt}" not in self.prompt_template:
-            raise ValueError("prompt_template: must contain {prompt}")
+        if self.prompt_template is not None:
+            check_template(self.prompt_template, "prompt_template")
         # The answers are sampled under the prompt as rendered here; the pairs must be written so that training
         # renders the same context: text prompts under prompt_template, or message lists under the chat template.
         if self.conversational and self.prompt_template is not None:

@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from prefkit.data.tokenize import check_template
 from prefkit.eval.math_answers import extract_answer, is_equiv
 from prefkit.eval.math_eval import (CHAT_INSTRUCTION, DEFAULT_PROMPT_TEMPLATE, DEFAULT_RESPONSE_PREFIX, MathItem,
                                     load_math_jsonl)
@@ -47,8 +48,7 @@ class StepPairsConfig:
     dataset_name: str = "prefkit"
 
     def __post_init__(self):
-        if "{question}" not in self.prompt_template:
-            raise ValueError("StepPairsConfig.prompt_template must contain {question}")
+        check_template(self.prompt_template, "StepPairsConfig.prompt_template", "question")
         if self.n_samples < 1 or self.n_rectify < 1:
             raise ValueError("StepPairsConfig: n_samples and n_rectify must be >= 1")
 

@@ -37,7 +37,9 @@ def write_json_atomic(path: Path, obj) -> None:
 
 def config_differences(saved: dict, now: dict, ignore: tuple[str, ...] = ()) -> list[tuple[str, object, object]]:
     """(key, saved value, current value) for every leaf that differs between two nested config records
-    ({"run": ..., "train": ...}), keys without their section ("method.beta"); keys ending in `ignore` skipped."""
+    ({"run": ..., "train": ...}), keys without their section ("method.beta"); keys ending in `ignore` skipped, and so
+    are keys the saved record lacks: fields added to prefkit after the run started, which it resumes with their
+    defaults (its run_config.json lacks them too)."""
     def flat(d, prefix=""):
         out = {}
         for k, v in (d or {}).items():
@@ -45,7 +47,7 @@ def config_differences(saved: dict, now: dict, ignore: tuple[str, ...] = ()) -> 
         return out
 
     a, b = flat(saved), flat(now)
-    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.endswith(ignore))
+    keys = sorted(k for k in set(a) | set(b) if k in a and a.get(k) != b.get(k) and not k.endswith(ignore))
     seen, out = set(), []
     for k in keys:
         short = k.split(".", 1)[1] if "." in k else k

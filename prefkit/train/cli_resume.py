@@ -21,6 +21,8 @@ def cli_main(argv: list[str]) -> int:
         return 2
     data = json.loads(rc_path.read_text())
     data.pop("data_report", None)
+    # the folder named here, wherever the run was started: a moved or copied run resumes in place
+    data.setdefault("train", {})["output_dir"] = str(Path(args.output_dir).resolve())
     import importlib
 
     mod_name, cls_name = RECIPES[data.get("method", {}).get("name", "dpo")]

@@ -38,6 +38,9 @@ class TrainConfig:
     # (BENCHMARKS.md section 4); it also returns NaN for a query row with no visible key (left padding), where the
     # other kernels return 0 (prefkit's layouts avoid such rows; prefkit.pipelines.sampling). True: torch's choice.
     sdpa_cudnn: bool = False
+    # True: torch.compile each decoder layer of the policy and reference in place (regional compilation,
+    # prefkit/train/compile.py; transformers' `torch_compile`). Language-model recipes, prefix and naive layouts.
+    torch_compile: bool = False
 
     def __post_init__(self):
         if self.lr_scheduler not in ("cosine", "linear", "constant"):

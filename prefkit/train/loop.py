@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from prefkit.train import checkpoint as ckpt_io
 from prefkit.train.environment import environment
 from prefkit.train.attention import cudnn_attention
+from prefkit.train.compile import compile_repeated_blocks
 from prefkit.train.config import TrainConfig
 
 
@@ -170,12 +171,24 @@ class Trainer:
         params = [p for p in self.module.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the module has no trainable parameters")
+        half = sum(p.numel() for p in params if p.dtype in (torch.bfloat16, torch.float16))
+        if half and not getattr(self, "_warned_half", False):
+            self._warned_half = True
+            self.log(f"warning: {half:,} trainable parameters are stored in 16-bit floats: AdamW updates smaller than "
+                     "half their rounding step are lost (at a learning rate like 5e-7 most of them). For fp32 master "
+                     "weights load the model in float32 (model.dtype: float32) and set train.mixed_precision: bf16")
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
             fused=True if cfg.optim == "adamw_torch_fused" else None)
+        if cfg.torch_compile and not getattr(self, "_compiled", False):
+            self._compiled = True
+            if not hasattr(self.module, "compile_targets"):
+                raise ValueError(f"train.torch_compile: not supported for {type(self.module).__name__} "
+                                 "(language-model recipes only); set it to false")
+            self.log(f"torch.compile: {compile_repeated_blocks(self.module.compile_targets(), dynamic=True)} blocks (regional)")
         self.model, self.optimizer, self.dl = acc.prepare(self.module, self.optimizer, dl)
         self.eval_dl = None
         if self.eval_dataset is not None and len(self.eval_dataset):
