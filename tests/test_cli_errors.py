@@ -43,3 +43,10 @@ def test_missing_package_is_a_message_and_a_bug_keeps_its_traceback(monkeypatch,
     Fake.cli_main = staticmethod(bug)
     with pytest.raises(KeyError):
         main(["train", "x.yaml"])
+
+
+def test_step_dpo_on_plain_pairs_is_refused(tmp_path, capsys):
+    """method.name step_dpo on prompt/chosen/rejected rows would silently be plain DPO (with EOS)."""
+    assert _train(tmp_path, "method.name=step_dpo") == 2
+    err = capsys.readouterr().err
+    assert "holds plain pairs" in err and "method.name: dpo" in err

@@ -132,3 +132,18 @@ def test_lora_adapter_names_an_absolute_base_path(tmp_path, monkeypatch):
     policy.save_pretrained(tmp_path / "adapter")
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert saved["base_model_name_or_path"] == str(base.resolve())
+
+
+def test_ranked_dpo_evaluates_its_eval_file_and_curry_refuses_one(tmp_path):
+    """ranked_dpo takes data.eval_file / data.eval_split as dpo does (listwise eval metrics every eval_steps);
+    curry_dpo's stage Trainers do not evaluate, so the key is an error there, not silently ignored."""
+    module, cfg = load_run_config("configs/ranked_dpo_tiny.yaml", [
+        f"train.output_dir={tmp_path / 'ranked'}", "train.progress_bar=false", "train.max_steps=2", "train.eval_steps=1",
+        "data.eval_file=examples/data/tiny_ranked.jsonl"])
+    lines = []
+    result = module.run(cfg, log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    evals = [r for r in result.history if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [1, 2] and all("eval_rewards/top1" in r for r in evals)
+    assert any("which has one split: the eval rows are training rows" in x for x in lines)
+    with pytest.raises(ValueError, match="curry_dpo does not evaluate"):
+        load_run_config("configs/curry_dpo_tiny.yaml", ["data.eval_file=examples/data/tiny_ranked.jsonl"])

@@ -70,6 +70,9 @@ class CurryRunConfig(LMRunConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.data.eval_file:  # the ranked data config has it; the curriculum's stage Trainers do not evaluate
+            raise ValueError("data.eval_file: curry_dpo does not evaluate during training (one Trainer per stage); "
+                             "evaluate the saved model, or train ranked_dpo / dpo with data.eval_file")
         if self.data.format == "curry_dpo":
             if self.method.n_stages != 3 or self.method.pairing != "best_vs_rest":
                 raise ValueError("data.format curry_dpo: the file holds 3 levels of best-vs-rest pairs; "

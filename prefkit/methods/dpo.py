@@ -10,14 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from prefkit.data.examples import StepPair
 from prefkit.data.loaders import load_preferences
 from prefkit.methods.lm_recipe import (
     GroupCollator,
-    check_built_prompts,
-    LMDataConfig,
+    LMEvalDataConfig,
     LMMethodConfig,
     LMRunConfig,
     build_reference,
+    check_built_prompts,
+    load_eval_groups,
     tokenize_all,
     train_lm,
 )
@@ -30,11 +32,10 @@ __all__ = ["DataConfig", "MethodConfig", "DPORunConfig", "run", "GroupCollator",
 
 
 @dataclass
-class DataConfig(LMDataConfig):  # + the fields every text recipe has (lm_recipe.py)
+class DataConfig(LMEvalDataConfig):  # + the fields every text recipe has, and eval_file / eval_split (lm_recipe.py)
     FORMATS: ClassVar[tuple[str, ...]] = ("auto", "pairs", "step_pairs")
 
     format: str = "auto"  # auto | pairs | step_pairs
-    eval_file: str | None = None  # same format; evaluated every train.eval_steps and at the end
 
 
 @dataclass
@@ -67,19 +68,17 @@ def run(cfg: DPORunConfig, *, resume: bool = False, log=print) -> TrainResult:
     tokenizer = load_tokenizer(cfg.model)
     examples, report = load_preferences(cfg.data.train_file, format=cfg.data.format, split=cfg.data.split,
                                         skip_invalid=cfg.data.skip_invalid, limit=cfg.data.limit)
+    if cfg.method.name == "step_dpo" and examples and not isinstance(examples[0], StepPair):
+        raise ValueError(f"method.name: step_dpo, but {cfg.data.train_file} holds plain pairs (prompt / chosen / "
+                         "rejected, no initial_reason_steps): that would be plain DPO; use method.name: dpo, or step "
+                         "pairs (`prefkit build step-pairs`)")
     settings = cfg.data.settings()
     for f in (cfg.data.train_file, cfg.data.eval_file):
         if f:
             check_built_prompts(f, settings.prompt_template)
     groups = tokenize_all(examples, tokenizer, settings, report, cfg.data.skip_invalid)
     log(report.summary())
-    eval_groups = None
-    if cfg.data.eval_file:
-        eval_ex, eval_report = load_preferences(cfg.data.eval_file, format=cfg.data.format, split=cfg.data.split,
-                                                skip_invalid=cfg.data.skip_invalid)
-        eval_groups = tokenize_all(eval_ex, tokenizer, settings, eval_report, cfg.data.skip_invalid)
-        log(eval_report.summary())
-    if cfg.method.reference == "precomputed" and eval_groups:
-        raise ValueError("method.reference=precomputed with data.eval_file: use reference=copy to evaluate")
+    eval_groups = load_eval_groups(cfg, lambda source, split: load_preferences(
+        source, format=cfg.data.format, split=split, skip_invalid=cfg.data.skip_invalid), tokenizer, settings, log)
     objective = PairwiseDPO(cfg.method.beta, cfg.method.loss_kind, cfg.method.label_smoothing, cfg.method.rpo_alpha)
     return train_lm(cfg, tokenizer, groups, report, objective, eval_groups=eval_groups, resume=resume, log=log)

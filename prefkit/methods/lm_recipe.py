@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from prefkit.data.collate import BACKENDS
 from prefkit.data.errors import DataError, LoadReport, RowHandler
+from prefkit.data.loaders import source_has_splits
 from prefkit.data.tokenize import TokenizeSettings, check_template, tokenize_example
 from prefkit.methods.lm_module import LMPreferenceModule
 from prefkit.models.loading import ModelConfig, load_causal_lm
@@ -47,6 +48,47 @@ class LMDataConfig:
 
     def settings(self) -> TokenizeSettings:
         return TokenizeSettings(self.max_length, self.max_prompt_length, self.prompt_template)
+
+
+@dataclass
+class LMEvalDataConfig(LMDataConfig):
+    """+ held-out data that the Trainer evaluates every train.eval_steps and at the end (DPO, ranked DPO)."""
+
+    eval_file: str | None = None  # same format as train_file
+    eval_split: str = "test"  # eval_file's split, where it has several (a save_to_disk DatasetDict, a folder whose
+    #                           file names name splits, a hub dataset); a plain file has one and does not use it
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.eval_file and same_source(self.eval_file, self.train_file) and self.eval_split == self.split:
+            raise ValueError(f"data.eval_file and data.train_file are both {self.train_file!r} and data.eval_split == "
+                             f"data.split == {self.split!r}: that evaluates on the training rows; set data.eval_split "
+                             "(or another data.eval_file)")
+
+
+def same_source(a: str, b: str) -> bool:
+    """Whether two data sources are the same: one local path (however written), or one hub name."""
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a == b
+
+
+def load_eval_groups(cfg: "LMRunConfig", load, tokenizer, settings: TokenizeSettings, log=print) -> list | None:
+    """The tokenized data.eval_file (None without one); `load(source, split)` -> (examples, LoadReport) is the
+    recipe's own loader."""
+    data = cfg.data
+    if not getattr(data, "eval_file", None):
+        return None
+    if cfg.method.reference == "precomputed":
+        raise ValueError("method.reference=precomputed with data.eval_file: use reference=copy to evaluate")
+    if same_source(data.eval_file, data.train_file) and not source_has_splits(data.train_file):
+        log(f"note: data.eval_file is data.train_file ({data.train_file}), which has one split: the eval rows are "
+            "training rows")
+    examples, report = load(data.eval_file, data.eval_split)
+    groups = tokenize_all(examples, tokenizer, settings, report, data.skip_invalid)
+    log(report.summary())
+    return groups
 
 
 def check_built_prompts(data_file: str, prompt_template: str) -> None:
@@ -127,9 +169,10 @@ def tokenize_all(examples, tokenizer, settings: TokenizeSettings, report: LoadRe
     handler = RowHandler(report, skip_invalid)
     groups = []
     for i, ex in enumerate(examples):
-        row = ex.meta.get("_row", i + 1) if hasattr(ex, "meta") else i + 1
+        meta = getattr(ex, "meta", {})
+        row, source = meta.get("_row", i + 1), meta.get("_source", report.source)  # _source: the file of a folder
         try:
-            g = tokenize_example(ex, tokenizer, settings, source=report.source, row=row, index=len(groups))
+            g = tokenize_example(ex, tokenizer, settings, source=source, row=row, index=len(groups))
         except DataError as e:
             handler.bad(e)
             report.rows_kept -= 1

@@ -20,7 +20,8 @@ from prefkit.data.examples import RankedList
 from prefkit.data.ranked import TIE_POLICIES, ULTRAFEEDBACK_SCORES, load_curry_dpo_ranked, load_ranked, load_ultrafeedback
 from prefkit.losses.listwise import pair_mask
 from prefkit.losses.ranked import ranked_dpo_loss
-from prefkit.methods.lm_recipe import LMDataConfig, LMMethodConfig, LMRunConfig, build_lm_module, tokenize_all, train_lm
+from prefkit.methods.lm_recipe import (LMEvalDataConfig, LMMethodConfig, LMRunConfig, build_lm_module, load_eval_groups,
+                                      tokenize_all, train_lm)
 from prefkit.models.loading import load_tokenizer
 from prefkit.train.loop import TrainResult
 
@@ -28,7 +29,7 @@ RANKED_FORMATS = ("ranked", "ultrafeedback", "curry_dpo")
 
 
 @dataclass
-class RankedDataConfig(LMDataConfig):  # + the fields every text recipe has (lm_recipe.py)
+class RankedDataConfig(LMEvalDataConfig):  # + the fields every text recipe has, and eval_file / eval_split (lm_recipe.py)
     FORMATS: ClassVar[tuple[str, ...]] = RANKED_FORMATS
 
     format: str = "ranked"  # ranked | ultrafeedback | curry_dpo
@@ -45,12 +46,17 @@ class RankedDataConfig(LMDataConfig):  # + the fields every text recipe has (lm_
 
 def load_ranked_lists(cfg: RankedDataConfig) -> tuple[list[RankedList], LoadReport]:
     """The ranked lists of a data config, whatever its format."""
-    common = dict(skip_invalid=cfg.skip_invalid, split=cfg.split, limit=cfg.limit)
+    return load_ranked_source(cfg, cfg.train_file, cfg.split, cfg.limit)
+
+
+def load_ranked_source(cfg: RankedDataConfig, source: str, split: str, limit: int | None = None):
+    """The ranked lists of one source (train_file or eval_file) in the config's format."""
+    common = dict(skip_invalid=cfg.skip_invalid, split=split, limit=limit)
     if cfg.format == "ultrafeedback":
-        return load_ultrafeedback(cfg.train_file, score=cfg.score, ties=cfg.ties, **common)
+        return load_ultrafeedback(source, score=cfg.score, ties=cfg.ties, **common)
     if cfg.format == "curry_dpo":
-        return load_curry_dpo_ranked(cfg.train_file, **common)
-    return load_ranked(cfg.train_file, ties=cfg.ties, **common)
+        return load_curry_dpo_ranked(source, **common)
+    return load_ranked(source, ties=cfg.ties, **common)
 
 
 @dataclass
@@ -116,8 +122,10 @@ def run(cfg: RankedRunConfig, *, resume: bool = False, log=print) -> TrainResult
     lists, report = load_ranked_lists(cfg.data)
     groups = tokenize_all(lists, tokenizer, cfg.data.settings(), report, cfg.data.skip_invalid)
     log(report.summary())
+    eval_groups = load_eval_groups(cfg, lambda source, split: load_ranked_source(cfg.data, source, split), tokenizer,
+                                   cfg.data.settings(), log)
     ks = [len(g.completion_ids) for g in groups]
     if ks:
         log(f"{len(groups)} ranked lists, K from {min(ks)} to {max(ks)}")
     objective = ListwiseDPO(cfg.method.beta, cfg.method.weighting)
-    return train_lm(cfg, tokenizer, groups, report, objective, resume=resume, log=log)
+    return train_lm(cfg, tokenizer, groups, report, objective, eval_groups=eval_groups, resume=resume, log=log)
