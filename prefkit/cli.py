@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _users_to_fix(e: Exception) -> bool:
-    if isinstance(e, (ValueError, OSError, ImportError)) or type(e).__name__ == "NonFiniteLossError":
+    if isinstance(e, ImportError):  # a missing package (flash-attn, vllm), not a broken import inside prefkit
+        return not (e.name or "").startswith("prefkit")
+    if isinstance(e, (ValueError, OSError)) or type(e).__name__ == "NonFiniteLossError":
         return True  # OSError: files, disk, network (hub lookups); NonFiniteLossError names the step and the rows
     return type(e).__module__.split(".")[0] == "datasets" and type(e).__name__.endswith("Error")  # DatasetGenerationError
 

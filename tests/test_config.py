@@ -115,3 +115,14 @@ def test_templates_with_single_braces_are_refused_at_config_time():
         StepPairsConfig(prompt_template="Question: {question} {x}")
     with pytest.raises(ValueError, match="write"):
         SafetyPairsConfig(prompt_template="{prompt} }")
+    from prefkit.pipelines.step_judges import LLMStepJudge
+    with pytest.raises(ValueError, match="judge-prompt-file.*write"):
+        LLMStepJudge(None, prompt="Q: {question} gold {gold}\n{steps}\nanswer in \\boxed{}")
+
+
+def test_image_recipes_refuse_torch_compile():
+    from prefkit.train.cli_train import load_run_config
+
+    for name in ("configs/diffusion_dpo_shapes.yaml", "configs/spo_shapes.yaml"):
+        with pytest.raises(ValueError, match="torch_compile: language-model recipes only"):
+            load_run_config(name, ["train.torch_compile=true"])

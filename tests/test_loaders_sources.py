@@ -130,17 +130,22 @@ def test_folder_splits_from_file_and_folder_names(tmp_path):
     assert len(load_preferences(str(h), split="train_prefs")[0]) == 2
 
 
-def test_ranked_loader_reads_folders_through_iter_rows(tmp_path):
-    """ranked.py names errors after the folder; reading errors still name the file."""
+def test_ranked_loaders_name_the_file_of_a_folder(tmp_path):
+    """ranked.py's loaders name each file of a folder and its own row, in reading and in validation errors."""
     from prefkit.data.ranked import load_ranked
 
     row = {"prompt": "p", "responses": ["a", "b"], "scores": [1, 0]}
-    write_jsonl(tmp_path / "f" / "a.jsonl", [row, row])
+    a = write_jsonl(tmp_path / "f" / "a.jsonl", [row, row])
     b = write_jsonl(tmp_path / "f" / "b.jsonl", [row, "{oops"])
     with pytest.raises(DataError, match=rf"{b}, row 2: malformed JSON"):
         load_ranked(str(tmp_path / "f"))
     lists, rep = load_ranked(str(tmp_path / "f"), skip_invalid=True)
-    assert len(lists) == 3 and rep.n_skipped == 1 and [x.meta["_row"] for x in lists] == [1, 2, 3]
+    assert len(lists) == 3 and rep.n_skipped == 1
+    assert [(x.meta["_source"], x.meta["_row"]) for x in lists] == [(a, 1), (a, 2), (b, 1)]
+    write_jsonl(tmp_path / "f" / "b.jsonl", [row, {**row, "scores": [1]}])
+    with pytest.raises(DataError) as e:
+        load_ranked(str(tmp_path / "f"))
+    assert (e.value.source, e.value.row, e.value.field) == (b, 2, "scores")
 
 
 def test_a_file_of_no_known_format_is_refused_not_looked_up_on_the_hub(tmp_path):

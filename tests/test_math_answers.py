@@ -141,3 +141,20 @@ def test_math_eval_cuts_a_run_on_question():
 
     res = evaluate_math(RunsOn(), [MathItem("How much does she pay?", "18", {}, 0)])
     assert res.n_correct == 1 and res.records[0]["pred"] == "18"
+
+
+def test_math_eval_stop_marker_is_the_rendered_text_before_the_question():
+    """A template with a literal brace before {question} is written with doubled braces; the stop marker is the
+    text the model sees ({}), or it would never match."""
+    from prefkit.eval.math_eval import MathItem, evaluate_math
+    from prefkit.pipelines.sampling import Sampler
+
+    seen = []
+
+    class Records(Sampler):
+        def generate(self, prompts, params):
+            seen.append((prompts[0], params.stop))
+            return [["18"] for _ in prompts]
+
+    evaluate_math(Records(), [MathItem("How much?", "18", {}, 0)], prompt_template="Q{{1}}: {question}\nA: ")
+    assert seen[0][0].startswith("Q{1}: How much?") and seen[0][1] == ("\nQ{1}:",)

@@ -93,3 +93,23 @@ def test_a_moved_run_resumes_in_its_new_folder_and_new_fields_are_no_difference(
     assert main(["resume", str(new)]) == 0, capsys.readouterr().err
     assert (new / "checkpoint-4").is_dir() and not old.exists()
     assert [json.loads(x)["step"] for x in (new / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_config_differences_skip_only_new_fields_of_existing_sections():
+    from prefkit.train.checkpoint import config_differences
+
+    saved = {"run": {"model": {"lora": None, "init_config": {"hidden_size": 16}}}, "train": {"learning_rate": 1.0}}
+    now = {"run": {"model": {"lora": {"r": 8}, "init_config": {"hidden_size": 16, "rope_theta": 1e6}}},
+           "train": {"learning_rate": 1.0, "torch_compile": False}}
+    assert config_differences(saved, now) == [("model.init_config.rope_theta", None, 1e6), ("model.lora.r", None, 8)]
+    del now["run"]["model"]["init_config"]["rope_theta"]
+    now["run"]["model"]["lora"] = None
+    assert config_differences(saved, now) == []  # train.torch_compile: a field added since, at its default
+
+
+def test_resume_moves_recorded_paths_inside_the_run_folder():
+    from prefkit.train.cli_resume import _moved
+
+    rc = {"train": {"output_dir": "/a/run"}, "pairs": {"out_dir": "/a/run/pairs"}, "data": {"train_file": "/a/runs.jsonl"}}
+    assert _moved(rc, "/a/run", "/b/new") == {"train": {"output_dir": "/b/new"}, "pairs": {"out_dir": "/b/new/pairs"},
+                                              "data": {"train_file": "/a/runs.jsonl"}}

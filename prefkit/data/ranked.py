@@ -26,7 +26,7 @@ from typing import Any
 
 from prefkit.data.errors import DataError, LoadReport, RowHandler
 from prefkit.data.examples import Pair, RankedList
-from prefkit.data.loaders import iter_rows as load_rows
+from prefkit.data.loaders import iter_source_rows
 
 TIE_POLICIES = ("error", "allow")
 ULTRAFEEDBACK_SCORES = ("overall_score", "fine-grained_score", "helpfulness", "honesty",
@@ -37,17 +37,20 @@ Rows = str | Path | Iterable[dict]
 
 
 # ----------------------------------------------------------------------------------------- reading rows
-def iter_rows(source: Rows, name: str | None = None, split: str = "train") -> tuple[str, Iterator[tuple[int, Any]]]:
-    """(source name, iterator of (1-based row, row or DataError)).
+def iter_rows(source: Rows, name: str | None = None, split: str = "train") -> tuple[str, Iterator[tuple[str, int, Any]]]:
+    """(source name, iterator of (file name, 1-based row in it, row or DataError)).
 
-    Files, folders and `datasets` names go through ``prefkit.data.loaders.iter_rows`` (jsonl, a JSON array,
-    parquet, ``datasets``); an in-memory iterable of dicts is read as is."""
+    Files, folders and `datasets` names go through ``prefkit.data.loaders.iter_source_rows`` (jsonl, a JSON
+    array, parquet, ``datasets``; each file of a folder names its own rows); an in-memory iterable of dicts is
+    read as is."""
     if isinstance(source, (str, Path)):
         path = Path(source)
         if path.suffix.lower() in (".jsonl", ".json", ".parquet") and not path.exists():
             raise DataError(str(path), None, None, "file not found")
-        return name or str(source), load_rows(str(source), split)
-    return name or "<rows>", enumerate(source, start=1)
+        whole = name or str(source)
+        return whole, ((whole if f == str(source) else f, i, item) for f, i, item in iter_source_rows(str(source), split))
+    whole = name or "<rows>"
+    return whole, ((whole, i, row) for i, row in enumerate(source, start=1))
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -132,28 +135,28 @@ def load_ranked(
     report = LoadReport(source=name)
     handler = RowHandler(report, skip_invalid)
     out: list[RankedList] = []
-    for row_no, row in rows:
+    for src, row_no, row in rows:  # src: the file of a folder
         report.rows_read += 1
         try:
             if isinstance(row, DataError):
                 raise row
             if not isinstance(row, dict):
-                raise DataError(name, row_no, None, f"expected an object, got {type(row).__name__}")
+                raise DataError(src, row_no, None, f"expected an object, got {type(row).__name__}")
             for fld in (prompt_field, responses_field, scores_field):
                 if fld not in row:
-                    raise DataError(name, row_no, fld, "missing")
-            prompt = _check_prompt(row[prompt_field], name, row_no, prompt_field)
+                    raise DataError(src, row_no, fld, "missing")
+            prompt = _check_prompt(row[prompt_field], src, row_no, prompt_field)
             resp, sc = row[responses_field], row[scores_field]
             if not isinstance(resp, list):
-                raise DataError(name, row_no, responses_field, f"expected a list, got {type(resp).__name__}")
+                raise DataError(src, row_no, responses_field, f"expected a list, got {type(resp).__name__}")
             if not isinstance(sc, list):
-                raise DataError(name, row_no, scores_field, f"expected a list, got {type(sc).__name__}")
+                raise DataError(src, row_no, scores_field, f"expected a list, got {type(sc).__name__}")
             if len(resp) != len(sc):
-                raise DataError(name, row_no, scores_field, f"{len(sc)} scores for {len(resp)} responses")
-            responses = [_check_text(r, name, row_no, f"{responses_field}[{k}]") for k, r in enumerate(resp)]
-            scores = [_to_score(s, name, row_no, f"{scores_field}[{k}]") for k, s in enumerate(sc)]
-            meta = {"source": name, "_row": row_no}
-            out.append(_make_list(prompt, responses, scores, meta, name, row_no, ties, scores_field))
+                raise DataError(src, row_no, scores_field, f"{len(sc)} scores for {len(resp)} responses")
+            responses = [_check_text(r, src, row_no, f"{responses_field}[{k}]") for k, r in enumerate(resp)]
+            scores = [_to_score(s, src, row_no, f"{scores_field}[{k}]") for k, s in enumerate(sc)]
+            meta = {"source": src, "_source": src, "_row": row_no}
+            out.append(_make_list(prompt, responses, scores, meta, src, row_no, ties, scores_field))
             report.rows_kept += 1
         except DataError as err:
             handler.bad(err)
@@ -191,27 +194,27 @@ def load_ultrafeedback(
     report = LoadReport(source=name)
     handler = RowHandler(report, skip_invalid)
     out: list[RankedList] = []
-    for row_no, row in rows:
+    for src, row_no, row in rows:  # src: the file of a folder
         report.rows_read += 1
         try:
             if isinstance(row, DataError):
                 raise row
             if not isinstance(row, dict):
-                raise DataError(name, row_no, None, f"expected an object, got {type(row).__name__}")
-            prompt = _check_text(row.get("instruction"), name, row_no, "instruction")
+                raise DataError(src, row_no, None, f"expected an object, got {type(row).__name__}")
+            prompt = _check_text(row.get("instruction"), src, row_no, "instruction")
             comps = row.get("completions")
             if not isinstance(comps, list):
-                raise DataError(name, row_no, "completions", f"expected a list, got {_short(comps)}")
+                raise DataError(src, row_no, "completions", f"expected a list, got {_short(comps)}")
             responses, scores, models = [], [], []
             for k, comp in enumerate(comps):
                 fld = f"completions[{k}]"
                 if not isinstance(comp, dict):
-                    raise DataError(name, row_no, fld, "expected an object")
-                responses.append(_check_text(comp.get("response"), name, row_no, f"{fld}.response"))
-                scores.append(_ultrafeedback_score(comp, score, name, row_no, fld))
+                    raise DataError(src, row_no, fld, "expected an object")
+                responses.append(_check_text(comp.get("response"), src, row_no, f"{fld}.response"))
+                scores.append(_ultrafeedback_score(comp, score, src, row_no, fld))
                 models.append(comp.get("model"))
-            meta = {"source": name, "_row": row_no, "models": models, "score": score}
-            out.append(_make_list(prompt, responses, scores, meta, name, row_no, ties, f"completions[*].{score}"))
+            meta = {"source": src, "_source": src, "_row": row_no, "models": models, "score": score}
+            out.append(_make_list(prompt, responses, scores, meta, src, row_no, ties, f"completions[*].{score}"))
             report.rows_kept += 1
         except DataError as err:
             handler.bad(err)
@@ -269,16 +272,16 @@ def load_curry_dpo_pairs(
     report = LoadReport(source=name)
     handler = RowHandler(report, skip_invalid)
     stages: list[list[Pair]] = [[] for _ in levels]
-    for row_no, rec in rows:
+    for src, row_no, rec in rows:  # src: the file of a folder
         report.rows_read += 1
         try:
             if isinstance(rec, DataError):
                 raise rec
             if not isinstance(rec, dict):
-                raise DataError(name, row_no, None, f"expected an object, got {type(rec).__name__}")
-            parsed = [_curry_level(rec, lv, name, row_no) for lv in levels]
+                raise DataError(src, row_no, None, f"expected an object, got {type(rec).__name__}")
+            parsed = [_curry_level(rec, lv, src, row_no) for lv in levels]
             for s, (lv, (prompt, chosen, rejected)) in enumerate(zip(levels, parsed)):
-                meta = {"level": lv, "stage": s, "_row": row_no, "source": name}
+                meta = {"level": lv, "stage": s, "_row": row_no, "source": src, "_source": src}
                 stages[s].append(Pair(prompt=prompt, chosen=chosen, rejected=rejected, meta=meta))
             report.rows_kept += 1
         except DataError as err:
@@ -303,25 +306,25 @@ def load_curry_dpo_ranked(
     report = LoadReport(source=name)
     handler = RowHandler(report, skip_invalid)
     out: list[RankedList] = []
-    for row_no, rec in rows:
+    for src, row_no, rec in rows:  # src: the file of a folder
         report.rows_read += 1
         try:
             if isinstance(rec, DataError):
                 raise rec
             if not isinstance(rec, dict):
-                raise DataError(name, row_no, None, f"expected an object, got {type(rec).__name__}")
-            (p_e, c_e, r4), (p_m, c_m, r3), (p_h, c_h, r2) = (_curry_level(rec, lv, name, row_no) for lv in CURRY_LEVELS)
+                raise DataError(src, row_no, None, f"expected an object, got {type(rec).__name__}")
+            (p_e, c_e, r4), (p_m, c_m, r3), (p_h, c_h, r2) = (_curry_level(rec, lv, src, row_no) for lv in CURRY_LEVELS)
             for lv, p, c in (("medium", p_m, c_m), ("hard", p_h, c_h)):
                 last = len(rec[lv]["conversation"]) - 1
                 if p != p_e:
-                    raise DataError(name, row_no, f"{lv}.conversation", "prompt differs from the easy level")
+                    raise DataError(src, row_no, f"{lv}.conversation", "prompt differs from the easy level")
                 if c != c_e:
-                    raise DataError(name, row_no, f"{lv}.conversation[{last}].chosen_content",
+                    raise DataError(src, row_no, f"{lv}.conversation[{last}].chosen_content",
                                     "chosen answer differs from the easy level: cannot rebuild one ranked list")
             responses = (c_e, r2, r3, r4)
             if len(set(responses)) != 4:
-                raise DataError(name, row_no, "rejected_content", "two levels share a rejected answer")
-            meta = {"source": name, "_row": row_no, "scores_are_ranks": True}
+                raise DataError(src, row_no, "rejected_content", "two levels share a rejected answer")
+            meta = {"source": src, "_source": src, "_row": row_no, "scores_are_ranks": True}
             out.append(RankedList(prompt=p_e, responses=responses, scores=(3.0, 2.0, 1.0, 0.0), meta=meta))
             report.rows_kept += 1
         except DataError as err:

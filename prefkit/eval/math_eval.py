@@ -106,7 +106,7 @@ def evaluate_math(sampler, items: list[MathItem], *, prompt_template: str = DEFA
                             response_prefix=response_prefix, tokenizer=getattr(sampler, "tokenizer", None), chat=chat)
     # without a chat template a base model may run on into a made-up next question, whose numbers the
     # last-number fallback would read: cut at the template's own question marker
-    marker = prompt_template.split("{question}")[0].strip()
+    marker = prompt_template.split("{question}")[0].replace("{{", "{").replace("}}", "}").strip()  # as rendered
     stop = () if chat or not marker else ("\n" + marker,)
     outs = sampler.generate(prompts, SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens,
                                                     stop=stop))

@@ -10,6 +10,7 @@ from typing import ClassVar
 from prefkit.data.images import ImagePreferenceDataset, collate_image_groups
 from prefkit.diffusion.module import DiffusionPreferenceModule
 from prefkit.diffusion.run_config import DiffusionModelConfig, ImageDataConfig, load_backend, load_examples
+from prefkit.train.compile import TORCH_COMPILE_LM_ONLY
 from prefkit.train.config import TrainConfig
 from prefkit.train.loop import Trainer, TrainResult
 
@@ -38,6 +39,10 @@ class DiffusionRunConfig:
     model: DiffusionModelConfig = field(default_factory=DiffusionModelConfig)
     method: DiffusionMethodConfig = field(default_factory=DiffusionMethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.train.torch_compile:
+            raise ValueError(TORCH_COMPILE_LM_ONLY)
 
 
 def train_diffusion(cfg: DiffusionRunConfig, objective: str, *, resume: bool = False, log=print,

@@ -32,6 +32,7 @@ from prefkit.diffusion.ddim import guided_eps_and_forwards, x0_from_eps
 from prefkit.diffusion.spo_sampler import SPOSamplerConfig, StepPairs, spo_sample
 from prefkit.losses.spo import ddim_step_logprob, spo_step_loss
 from prefkit.train.checkpoint import write_json_atomic
+from prefkit.train.compile import TORCH_COMPILE_LM_ONLY
 from prefkit.train.config import TrainConfig
 from prefkit.train.loop import Trainer
 
@@ -89,6 +90,8 @@ class SPORunConfig:
                                                                    lr_scheduler="constant", warmup_ratio=0.0))
 
     def __post_init__(self):
+        if self.train.torch_compile:
+            raise ValueError(TORCH_COMPILE_LM_ONLY)
         if self.train.lr_scheduler != "constant":
             raise ValueError("train.lr_scheduler: SPO trains over rounds of freshly sampled pairs; only 'constant' "
                              "(with warmup_ratio applied to the first round) is supported")

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from prefkit.data.tokenize import check_template
+
 _MARKER = re.compile(r"(?:^|\n)(Step \d+:)")
 
 
@@ -119,9 +121,9 @@ class LLMStepJudge(StepJudge):
     name = "llm"
 
     def __init__(self, sampler, prompt: str = LLM_JUDGE_PROMPT, max_new_tokens: int = 256, chat: bool = False):
-        for key in ("{question}", "{steps}"):
-            if key not in prompt:
-                raise ValueError(f"LLMStepJudge: the prompt must contain {key}")
+        check_template(prompt, "LLMStepJudge prompt (--judge-prompt-file)", "question", "gold", "steps")
+        if "{steps}" not in prompt:
+            raise ValueError("LLMStepJudge prompt (--judge-prompt-file): must contain {steps}")
         self.sampler, self.prompt, self.max_new_tokens, self.chat = sampler, prompt, max_new_tokens, chat
 
     def render(self, r: JudgeRequest) -> str:

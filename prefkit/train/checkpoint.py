@@ -35,19 +35,29 @@ def write_json_atomic(path: Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1, default=str))
 
 
-def config_differences(saved: dict, now: dict, ignore: tuple[str, ...] = ()) -> list[tuple[str, object, object]]:
+def config_differences(saved: dict, now: dict, ignore: tuple[str, ...] = (),
+                       free_form: tuple[str, ...] = ("init_config",)) -> list[tuple[str, object, object]]:
     """(key, saved value, current value) for every leaf that differs between two nested config records
     ({"run": ..., "train": ...}), keys without their section ("method.beta"); keys ending in `ignore` skipped, and so
-    are keys the saved record lacks: fields added to prefkit after the run started, which it resumes with their
-    defaults (its run_config.json lacks them too)."""
+    is a key the saved record lacks inside a section it has: a field added to prefkit after the run started, which it
+    resumes with its default (its run_config.json lacks it too). A section switched on since (model.lora: null ->
+    {r: 8}) or a key added to a free-form mapping (`free_form`, e.g. model.init_config) is a difference."""
     def flat(d, prefix=""):
         out = {}
         for k, v in (d or {}).items():
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
         return out
 
+    def new_field(key: str) -> bool:  # absent from `saved`, in a section (dict) that `saved` has
+        *parents, _ = key.split(".")
+        node = saved
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        return isinstance(node, dict) and not any(p in free_form for p in parents)
+
     a, b = flat(saved), flat(now)
-    keys = sorted(k for k in set(a) | set(b) if k in a and a.get(k) != b.get(k) and not k.endswith(ignore))
+    keys = sorted(k for k in set(a) | set(b)
+                  if a.get(k) != b.get(k) and not k.endswith(ignore) and not (k not in a and new_field(k)))
     seen, out = set(), []
     for k in keys:
         short = k.split(".", 1)[1] if "." in k else k

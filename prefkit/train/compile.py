@@ -31,6 +31,8 @@ def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 RECOMPILE_LIMIT = 64
+TORCH_COMPILE_LM_ONLY = ("train.torch_compile: language-model recipes only for now (the UNet's blocks are not "
+                         "compiled); set it to false")  # what the image recipes' configs say
 
 
 def compile_repeated_blocks(models: list[torch.nn.Module], **compile_kwargs) -> int:
