@@ -95,3 +95,22 @@ def test_disable_dropout_reaches_attention_rates_and_keeps_the_config():
     disable_dropout(model)
     assert torch.equal(model(ids).logits, model(ids).logits)
     assert model.config.attention_dropout == 0.5  # the saved config keeps the base model's rate
+
+
+def test_frozen_copy_stays_in_eval_mode_inside_a_training_module():
+    """With dropout left on (model.disable_dropout: false), the Trainer's module.train() must not switch the frozen
+    reference to train mode: its log-probs stay deterministic (TRL prepares its reference for evaluation)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from prefkit.methods.lm_module import LMPreferenceModule
+
+    cfg = AutoConfig.for_model("qwen2", vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.5)
+    torch.manual_seed(0)
+    policy = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    module = LMPreferenceModule(policy, FrozenCopyReference(policy), objective=None)
+    module.train()
+    assert policy.training and not module.reference.model.training
+    batch = collate_groups(GROUPS, 0)
+    a, b = module.ref.logps(policy, batch), module.ref.logps(policy, batch)
+    assert torch.equal(a, b)

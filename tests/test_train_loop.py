@@ -27,7 +27,7 @@ def test_first_loss_is_ln2_and_loss_falls(tmp_path):
     assert m[0]["rewards/margins"] == 0.0
     assert m[-1]["loss"] < 0.5 * m[0]["loss"]
     for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected",
-                "lr", "tokens_per_s", "grad_norm"):
+                "learning_rate", "tokens_per_s", "grad_norm"):
         assert key in m[0]
     assert result.global_step == 16 and (tmp_path / "run" / "model" / "config.json").exists()
     ck = tmp_path / "run" / "checkpoint-16"

@@ -101,5 +101,31 @@ def test_the_schedule_does_not_advance_on_a_step_the_grad_scaler_skipped(tmp_pat
     trainer = loop.Trainer(cfg, Quadratic(), [{"x": X[i]} for i in range(5)], _collate, log=lambda *a: None)
     trainer._save = lambda *a, **k: None
     res = trainer.train()
-    # linear decay over 4 steps: 1, 0.75, 0.5, 0.25 after 1..4 scheduler steps; the first was skipped
-    assert [r["lr"] for r in res.history] == pytest.approx([1.0, 0.75, 0.5, 0.25])
+    # linear decay over 4 steps; `learning_rate` is the rate each step used (transformers' convention): 1 at step 1,
+    # still 1 at step 2 because the scheduler did not advance after the skipped step 1, then 0.75 and 0.5
+    assert [r["learning_rate"] for r in res.history] == pytest.approx([1.0, 1.0, 0.75, 0.5])
+    assert all(r["grad_norm"] > 0 for r in res.history)  # measured also with clipping off (max_grad_norm 0)
+
+
+def test_eval_metrics_are_means_over_examples_not_batches(tmp_path):
+    """Eval batches of unequal size (3 rows at batch size 2: 2 + 1) are weighted by their rows, as TRL's eval_loss."""
+    class Rows(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, batch):
+            v = batch["v"]  # (B,)
+            return (v + self.w).mean(), {"v": v.mean()}
+
+    def collate(items):
+        return {"v": torch.tensor([float(x["v"]) for x in items]), "mask": torch.ones(len(items), 1)}
+
+    cfg = TrainConfig(output_dir=str(tmp_path / "e"), learning_rate=1e-9, max_steps=1, batch_size=2, warmup_ratio=0.0,
+                      progress_bar=False)
+    trainer = loop.Trainer(cfg, Rows(), [{"v": 0.0}] * 2, collate, eval_dataset=[{"v": 1.0}, {"v": 2.0}, {"v": 6.0}],
+                           log=lambda *a: None)
+    trainer._save = lambda *a, **k: None
+    res = trainer.train()
+    ev = [r for r in res.history if "eval_loss" in r][0]
+    assert ev["eval_loss"] == pytest.approx(3.0, abs=1e-6) and ev["eval_v"] == pytest.approx(3.0, abs=1e-6)

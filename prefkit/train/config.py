@@ -16,7 +16,8 @@ class TrainConfig:
     batch_size: int = 8  # per device, per micro-step
     grad_accum_steps: int = 1
     lr_scheduler: str = "cosine"  # cosine | linear | constant (all with warmup)
-    warmup_ratio: float = 0.1
+    warmup_ratio: float = 0.1  # int(ratio x steps) warmup steps at lr x (step + 1) / (warmup + 1): none at lr 0
+    #                            (transformers: ceil(ratio x steps) steps at lr x step / warmup, its first at 0)
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999

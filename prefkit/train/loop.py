@@ -299,7 +299,7 @@ class Trainer:
         rec.update({n: v for n, v in zip(names, mean[1:])})
         if "_flops" in rec:  # mean over processes x processes = total FLOPs in the window
             rec["mfu"] = rec.pop("_flops") * acc.num_processes / dt / (self.cfg.peak_tflops * 1e12 * acc.num_processes)
-        rec.update({"lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens / dt, "samples_per_s": samples / dt})
+        rec.update({"learning_rate": window["learning_rate"], "tokens_per_s": tokens / dt, "samples_per_s": samples / dt})
         if acc.is_main_process:
             self._append_metrics(rec)
             if self.tb is not None:
@@ -388,8 +388,10 @@ class Trainer:
                     micro += 1
                     self._record(window, loss, metrics, batch)
                     if acc.sync_gradients:
-                        if cfg.max_grad_norm > 0:
-                            window["grad_norm"] = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                        # the norm before clipping, also when clipping is off (inf: measured, not clipped)
+                        window["grad_norm"] = acc.clip_grad_norm_(
+                            self.model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+                        window["learning_rate"] = self.scheduler.get_last_lr()[0]  # the rate this step uses
                         self.optimizer.step()
                         if not acc.optimizer_step_was_skipped:  # fp16: the grad scaler skipped an inf/NaN step
                             self.scheduler.step()
@@ -403,11 +405,13 @@ class Trainer:
                             rec = self._flush(step, window, t0, pbar)
                             history.append(rec)
                             window, t0 = self._new_window(step), time.perf_counter()
+                        paused = time.perf_counter()  # evaluation and checkpoints are not training time
                         if self.eval_dl is not None and (done or (cfg.eval_steps > 0 and step % cfg.eval_steps == 0)):
                             history.append(self.evaluate(step))
                         if saving or (save and done):
                             at_epoch_end = micro >= self.micro_per_epoch
                             last_ckpt = self._save(step, epoch + 1 if at_epoch_end else epoch, 0 if at_epoch_end else micro)
+                        t0 += time.perf_counter() - paused
                         if done:
                             break
             epoch, skip = epoch + 1, 0
@@ -430,11 +434,12 @@ class Trainer:
         self.model.eval()
         sums: dict[str, torch.Tensor] = {}
         n = torch.zeros((), device=acc.device)
-        for batch in self.eval_dl:
+        for batch in self.eval_dl:  # means over examples (TRL's eval_loss), not over batches of unequal size
             loss, metrics = self.model(batch)
+            size = batch["mask"].shape[0] if isinstance(batch, dict) and "mask" in batch else 1
             for k, v in {"loss": loss, **metrics}.items():
-                sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.detach().float()
-            n += 1
+                sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.detach().float() * size
+            n += size
         self.model.train()
         names = sorted(sums)
         totals = acc.reduce(torch.stack([sums[k] for k in names] + [n]), reduction="sum").tolist()
@@ -457,6 +462,7 @@ class Trainer:
         dev = self.accelerator.device
         return {"losses": [], "metrics": {}, "rows": [], "first_step": step + 1,
                 "tokens": torch.zeros((), device=dev), "samples": torch.zeros((), device=dev), "grad_norm": None,
+                "learning_rate": None,
                 "flops": torch.zeros((), device=dev)}
 
     def _record(self, window: dict, loss, metrics: dict, batch) -> None:

@@ -51,6 +51,13 @@ class FrozenCopyReference(Reference, torch.nn.Module):
         for p in self.model.parameters():
             p.requires_grad_(False)
 
+    def train(self, mode: bool = True):
+        """Stays in eval mode when the module around it is put in train mode (Trainer: model.train()): no dropout
+        in the reference, as TRL prepares its reference model for evaluation."""
+        super().train(mode)
+        self.model.eval()
+        return self
+
     @torch.no_grad()
     def logps(self, policy, batch):
         return completion_logps(self.model, batch).logps
