@@ -114,6 +114,13 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     return value
 
 
+# keys of other tools that do not mean the same here: the hint says what to write instead
+FOREIGN_KEYS = {
+    "beta_dpo": "; diffusers' --beta_dpo B (loss -log sigmoid(B x ...)) is prefkit's method.beta = 2B (the paper's "
+                "form, -log sigmoid(-(beta/2) x ...)): --beta_dpo 2500 is method.beta 5000",
+}
+
+
 def from_dict(cls: type[T], data: dict, path: str = "") -> T:
     """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
     hints = get_type_hints(cls)
@@ -123,7 +130,7 @@ def from_dict(cls: type[T], data: dict, path: str = "") -> T:
         full = f"{path}.{key}" if path else str(key)
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            hint = FOREIGN_KEYS.get(str(key)) or (f"; did you mean '{close[0]}'?" if close else "")
             raise ConfigError(f"{full}: unknown key{hint} (known: {', '.join(fields)})")
         kwargs[key] = _coerce(value, hints[key], full)
     try:

@@ -129,3 +129,47 @@ def test_prefkit_train_cli_on_a_local_sd_folder(tmp_path, kind):
         first = json.loads(open(tmp_path / name / "metrics.jsonl").readline())
         assert first["loss"] == pytest.approx(LN2, abs=1e-4)  # uniform / pairwise at policy == reference
         assert (tmp_path / name / "model" / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_resume_draws_the_same_noise_as_the_uninterrupted_run(tmp_path):
+    """Noise, timesteps and the VAE sample come from a generator named by (seed, epoch, micro-batch, process), so
+    a run resumed from step 2 ends with the uninterrupted run's LoRA weights (the global RNG, which re-creating
+    the data loader at resume consumes, gave other draws)."""
+    import shutil
+
+    def run(out, resume=False):
+        torch.manual_seed(0)
+        b = tiny()
+        add_lora(b.unet, rank=4, target_modules=WIDE_TARGETS)
+        module = DiffusionPreferenceModule(b, objective="rankdpo", beta=200.0, weighting="uniform")
+        cfg = TrainConfig(output_dir=str(out), learning_rate=3e-3, max_steps=4, batch_size=2, save_steps=2,
+                          lr_scheduler="constant", warmup_ratio=0.0, progress_bar=False)
+        Trainer(cfg, module, ImagePreferenceDataset(ranked_data(), 8), collate_image_groups, log=lambda *a: None).train(resume=resume)
+        return {n: p.detach().clone() for n, p in b.unet.named_parameters() if "lora_" in n}
+
+    whole = run(tmp_path / "a")
+    run(tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "checkpoint-4")
+    torch.manual_seed(123)  # whatever the global RNG holds
+    resumed = run(tmp_path / "b", resume=True)
+    assert max((whole[n] - resumed[n]).abs().max().item() for n in whole) < 1e-6
+
+
+def test_image_recipes_take_diffusers_defaults_and_say_how_beta_dpo_maps():
+    """A partial train: section keeps the image recipes' defaults (constant 1e-5, as diffusers' Diffusion-DPO example;
+    the language-model 5e-7 cosine left a LoRA UNet where it was); diffusers' --beta_dpo is named with its
+    conversion; SPO refuses train keys it would not follow (it trains by rounds)."""
+    from prefkit.config import ConfigError
+    from prefkit.train.cli_train import load_run_config
+
+    _, cfg = load_run_config("configs/diffusion_dpo_shapes.yaml", ["train={output_dir: x}"])
+    assert (cfg.train.learning_rate, cfg.train.lr_scheduler, cfg.train.warmup_ratio) == (1e-5, "constant", 0.0)
+    with pytest.raises(ConfigError, match="beta_dpo 2500 is method.beta 5000"):
+        load_run_config("configs/diffusion_dpo_shapes.yaml", ["method.beta_dpo=2500"])
+    with pytest.raises(ValueError, match="eval_steps"):
+        load_run_config("configs/rankdpo_shapes.yaml", ["train.eval_steps=2"])
+    _, spo = load_run_config("configs/spo_shapes.yaml", ["train={output_dir: x}"])
+    assert (spo.train.learning_rate, spo.train.lr_scheduler) == (1e-4, "constant")
+    for key in ("max_steps=3", "save_steps=1"):
+        with pytest.raises(ValueError, match="SPO trains in method.rounds"):
+            load_run_config("configs/spo_shapes.yaml", [f"train.{key}"])

@@ -79,9 +79,11 @@ def test_cli_with_local_diffusers_pipelines_and_clip_reward(tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red square left of a blue circle\ntwo green triangles above a yellow circle\n")
     out = tmp_path / "syn"
-    rc = main(["build", "ranked-images", "--prompts", str(prompts), "--out", str(out),
+    rc = main(["build", "ranked-images", "--prompts", str(prompts), "--out", str(out), "--device", "cpu",
                "--generators", f"{sd},cfg=1,steps=2", f"{sd},cfg=4,steps=2", "--rewards", "colour", f"clip:{clip}"])
     assert rc == 0, capsys.readouterr().err
+    from prefkit.pipelines.ranked_images import resolve_generator  # --dtype reaches the pipeline's weights
+    assert resolve_generator(f"{sd},steps=2", "cpu", torch.bfloat16).pipe.unet.dtype == torch.bfloat16
     rows = [json.loads(l) for l in open(out / "ranked.jsonl")]
     assert len(rows) == 2 and all(len(r["images"]) == 2 and len(r["rewards"]) == 2 for r in rows)
     assert all(0.0 <= s <= 1.0 for r in rows for s in r["scores"])

@@ -10,6 +10,8 @@ loss is a pure function of those (prefkit.losses.diffusion).
 """
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from prefkit.diffusion.lora import has_lora, save_lora
@@ -35,6 +37,19 @@ class DiffusionPreferenceModule(torch.nn.Module):
             reference_unet.eval()
         object.__setattr__(self, "backend", backend)  # text encoder / VAE stay out of the module's parameters
         self.objective, self.beta, self.weighting = objective, beta, weighting
+        self._draw_key: tuple | None = None
+
+    def seed_step(self, *key) -> None:
+        """The Trainer names each micro-batch (seed, epoch, micro-batch, process) before the forward: its noise,
+        timesteps and VAE sample come from a generator seeded by that name, not from the global RNG, so a resumed
+        run draws what the uninterrupted one drew (re-creating the data loader at resume consumes global draws)."""
+        self._draw_key = key
+
+    def _generator(self, device) -> torch.Generator | None:
+        if self._draw_key is None:
+            return None  # used outside the Trainer: the global RNG
+        digest = hashlib.sha256(repr(self._draw_key).encode()).digest()
+        return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         pixels = batch["pixels"]  # (B, K, 3, H, W)
@@ -42,9 +57,10 @@ class DiffusionPreferenceModule(torch.nn.Module):
         mask = batch.get("mask", torch.ones((b, k), dtype=torch.bool)).to(torch.bool)  # (B, K)
         scores = batch["scores"].to(self.backend.device)  # (B, K)
         cond = self.backend.encode_text(batch["prompts"])  # (B, L, D)
-        latents = self.backend.encode_images(pixels.flatten(0, 1))  # (B*K, C, h, w)
+        gen = self._generator(self.backend.device)
+        latents = self.backend.encode_images(pixels.flatten(0, 1), generator=gen)  # (B*K, C, h, w)
         latents = latents.view(b, k, *latents.shape[1:])
-        g = group_mse(self.unet, self.backend.scheduler, latents, cond, reference_unet=self.reference_unet)
+        g = group_mse(self.unet, self.backend.scheduler, latents, cond, reference_unet=self.reference_unet, generator=gen)
         if self.objective == "dpo":
             if k != 2 or not bool(mask.all()):
                 raise ValueError(f"Diffusion-DPO needs pairs (K = 2, chosen first); got K = {k}")

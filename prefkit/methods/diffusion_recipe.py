@@ -32,17 +32,31 @@ class DiffusionMethodConfig:
 
 
 @dataclass
+class ImageTrainConfig(TrainConfig):
+    """The `train:` section of the image recipes: TrainConfig with the diffusers Diffusion-DPO example's defaults
+    (LoRA, constant learning rate 1e-5, no warmup) instead of the language-model ones (5e-7, cosine), which would
+    leave a LoRA UNet nearly where it started."""
+
+    learning_rate: float = 1e-5
+    lr_scheduler: str = "constant"
+    warmup_ratio: float = 0.0
+
+
+@dataclass
 class DiffusionRunConfig:
     """The sections of every image recipe; a subclass narrows `method` to its own type."""
 
     data: ImageDataConfig
     model: DiffusionModelConfig = field(default_factory=DiffusionModelConfig)
     method: DiffusionMethodConfig = field(default_factory=DiffusionMethodConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: ImageTrainConfig = field(default_factory=ImageTrainConfig)
 
     def __post_init__(self):
         if self.train.torch_compile:
             raise ValueError(TORCH_COMPILE_LM_ONLY)
+        if self.train.eval_steps > 0:  # the image recipes take no eval data (evaluate with the reward models)
+            raise ValueError("train.eval_steps: the image recipes have no evaluation data to run every N steps; "
+                             "set it to 0")
 
 
 def train_diffusion(cfg: DiffusionRunConfig, objective: str, *, resume: bool = False, log=print,

@@ -81,17 +81,30 @@ class SPODataConfig:
 
 
 @dataclass
+class SPOTrainConfig(TrainConfig):
+    """TrainConfig with SPO's defaults (the partial `train:` section of a YAML keeps them, unlike a default_factory)."""
+
+    learning_rate: float = 1e-4
+    batch_size: int = 16
+    lr_scheduler: str = "constant"
+    warmup_ratio: float = 0.0
+
+
+@dataclass
 class SPORunConfig:
     scorer: SPOScorerConfig
     model: DiffusionModelConfig = field(default_factory=DiffusionModelConfig)
     method: SPOMethodConfig = field(default_factory=SPOMethodConfig)
     data: SPODataConfig = field(default_factory=SPODataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4, batch_size=16,
-                                                                   lr_scheduler="constant", warmup_ratio=0.0))
+    train: SPOTrainConfig = field(default_factory=lambda: SPOTrainConfig())
 
     def __post_init__(self):
         if self.train.torch_compile:
             raise ValueError(TORCH_COMPILE_LM_ONLY)
+        for key in ("max_steps", "save_steps", "eval_steps"):  # SPO trains by rounds (method.rounds), saves at the end
+            if getattr(self.train, key) > 0:
+                raise ValueError(f"train.{key}: SPO trains in method.rounds of freshly sampled pairs (one pass each) "
+                                 "and saves at the end; set it to its default (max_steps -1, save_steps 0, eval_steps 0)")
         if self.train.lr_scheduler != "constant":
             raise ValueError("train.lr_scheduler: SPO trains over rounds of freshly sampled pairs; only 'constant' "
                              "(with warmup_ratio applied to the first round) is supported")
@@ -391,4 +404,4 @@ def run(cfg: SPORunConfig, *, resume: bool = False, log=print):
     (out / "spo_rounds.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     write_json_atomic(out / "run_config.json", asdict(cfg))
     log(f"[spo] {ledger}")
-    return TrainResult(len(history), str(out), history, None)
+    return TrainResult(res.trainer.global_step, str(out), history, None)  # optimizer steps over all rounds

@@ -48,19 +48,20 @@ def win_rate_labels(raw: torch.Tensor) -> torch.Tensor:
 class DiffusersPipelineGenerator:
     """Any local diffusers text-to-image pipeline folder as a generator."""
 
-    def __init__(self, path: str, guidance: float = 7.5, steps: int = 30, batch_size: int = 8):
+    def __init__(self, path: str, guidance: float = 7.5, steps: int = 30, batch_size: int = 8, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32):
         from diffusers import DiffusionPipeline
 
         if not os.path.isdir(path):
             raise FileNotFoundError(f"generator {path!r}: not a local diffusers pipeline folder")
-        self.pipe = DiffusionPipeline.from_pretrained(path)
+        self.pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype).to(device)
         self.pipe.set_progress_bar_config(disable=True)
         self.guidance, self.steps, self.batch_size = guidance, steps, batch_size
         self.name = f"{path},cfg={guidance:g},steps={steps}"
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], seed: int = 0) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)  # on the CPU: the same images from a seed on any device
         out = []
         for s in range(0, len(prompts), self.batch_size):
             imgs = self.pipe(prompt=prompts[s : s + self.batch_size], num_inference_steps=self.steps,
@@ -69,7 +70,7 @@ class DiffusersPipelineGenerator:
         return torch.cat(out)
 
 
-def resolve_generator(spec: str):
+def resolve_generator(spec: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
     if spec.startswith("shapes:"):
         from prefkit.worlds.shapes.generators import parse_generator
 
@@ -84,14 +85,14 @@ def resolve_generator(spec: str):
             kw["steps"] = int(v)
         else:
             raise ValueError(f"generator spec {spec!r}: unknown option {k!r} (cfg, steps)")
-    return DiffusersPipelineGenerator(path, **kw)
+    return DiffusersPipelineGenerator(path, device=device, dtype=dtype, **kw)
 
 
-def resolve_reward(spec: str):
+def resolve_reward(spec: str, device: str = "cpu"):
     if spec.startswith("clip:"):
         from prefkit.diffusion.clip_reward import ClipScoreReward
 
-        return ClipScoreReward(spec[len("clip:"):])
+        return ClipScoreReward(spec[len("clip:"):], device=device)
     if spec.startswith("python:"):
         mod, _, attr = spec[len("python:"):].partition(":")
         obj = getattr(importlib.import_module(mod), attr)
@@ -189,6 +190,9 @@ def build_ranked_images(prompts: list[str], generators: list, rewards: list, out
     return path
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def cli_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="prefkit build ranked-images", description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", required=True, help="prompts file: .txt (one per line) or .jsonl with 'prompt'; or shapes:SPLIT:N[:SEED]")
@@ -197,11 +201,14 @@ def cli_main(argv: list[str]) -> int:
     ap.add_argument("--out", required=True, help="output folder (images/ and ranked.jsonl)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--chunk", type=int, default=64, help="prompts per generation batch")
+    ap.add_argument("--device", default=None, help="where pipelines and CLIP rewards run (default: cuda if available, else cpu)")
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="pipeline weights (float16 on a GPU halves memory)")
     args = ap.parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         prompts = read_prompts(args.prompts)
-        gens = [resolve_generator(g) for g in args.generators]
-        rews = [resolve_reward(r) for r in args.rewards]
+        gens = [resolve_generator(g, device, DTYPES[args.dtype]) for g in args.generators]
+        rews = [resolve_reward(r, device) for r in args.rewards]
         path = build_ranked_images(prompts, gens, rews, args.out, seed=args.seed, chunk=args.chunk)
     except (DataError, ValueError, FileNotFoundError) as e:
         print(f"prefkit build ranked-images: {e}", file=sys.stderr)

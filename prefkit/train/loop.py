@@ -299,7 +299,9 @@ class Trainer:
         rec.update({n: v for n, v in zip(names, mean[1:])})
         if "_flops" in rec:  # mean over processes x processes = total FLOPs in the window
             rec["mfu"] = rec.pop("_flops") * acc.num_processes / dt / (self.cfg.peak_tflops * 1e12 * acc.num_processes)
-        rec.update({"learning_rate": window["learning_rate"], "tokens_per_s": tokens / dt, "samples_per_s": samples / dt})
+        rec.update({"learning_rate": window["learning_rate"], "samples_per_s": samples / dt})
+        if tokens > 0:  # batches of tokens (not images)
+            rec["tokens_per_s"] = tokens / dt
         if acc.is_main_process:
             self._append_metrics(rec)
             if self.tb is not None:
@@ -383,6 +385,8 @@ class Trainer:
             micro = skip
             for batch in dl:
                 with acc.accumulate(self.model):
+                    if hasattr(self.module, "seed_step"):  # modules that draw noise: seeded per micro-batch
+                        self.module.seed_step(cfg.seed, epoch, micro, acc.process_index)
                     loss, metrics = self.model(batch)
                     acc.backward(loss * self._partial_window_scale(micro))
                     micro += 1
@@ -434,7 +438,9 @@ class Trainer:
         self.model.eval()
         sums: dict[str, torch.Tensor] = {}
         n = torch.zeros((), device=acc.device)
-        for batch in self.eval_dl:  # means over examples (TRL's eval_loss), not over batches of unequal size
+        for i, batch in enumerate(self.eval_dl):  # means over examples (TRL's eval_loss), not over unequal batches
+            if hasattr(self.module, "seed_step"):
+                self.module.seed_step(self.cfg.seed, "eval", i, acc.process_index)  # the same draws at every eval
             loss, metrics = self.model(batch)
             size = batch["mask"].shape[0] if isinstance(batch, dict) and "mask" in batch else 1
             for k, v in {"loss": loss, **metrics}.items():
