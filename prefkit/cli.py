@@ -26,6 +26,7 @@ COMMANDS: dict[str, dict[str, str] | str] = {
     "eval": {
         "math": "prefkit.eval.math_eval",
         "safety": "prefkit.eval.safety_eval",
+        "images": "prefkit.eval.image_eval",
     },
     "demo": {
         "step-dpo": "prefkit.demos.step_dpo",

@@ -124,3 +124,43 @@ def test_builder_refuses_nan_rewards_and_duplicate_reward_names(tmp_path):
     with pytest.raises(ValueError, match="distinct"):
         build_ranked_images(prompts, [Blank(), Flipped()], [Named("r", 1.0), Named("r", 2.0)],
                             str(tmp_path / "dup"), progress=False)
+
+
+def test_eval_images_compares_a_tuned_lora_with_its_base(tmp_path, capsys):
+    """`prefkit eval images`: base and tuned (LoRA in diffusers' format) sample each prompt from the same seed; the
+    summary has each reward's mean per model and the tuned model's paired win rate; a LoRA of zeros equals its base."""
+    from prefkit.cli import main
+    from prefkit.diffusion.backend import DiffusionBackend
+    from prefkit.diffusion.lora import add_lora, save_lora
+    from prefkit.diffusion.tiny_sd import save_tiny_clip_model, save_tiny_sd_pipeline
+
+    sd = save_tiny_sd_pipeline(str(tmp_path / "sd"), latent_size=8)
+    clip = save_tiny_clip_model(str(tmp_path / "clip"), image_size=16)
+    b = DiffusionBackend.from_pretrained(sd)
+    add_lora(b.unet, rank=2)  # lora_B = 0: the tuned model is the base
+    save_lora(b.unet, str(tmp_path / "zero"))
+    with torch.no_grad():
+        for n, p in b.unet.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    save_lora(b.unet, str(tmp_path / "tuned"))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red square left of a blue circle\ntwo green triangles above a yellow circle\n"
+                       "a blue circle right of a red square\n")
+    common = ["eval", "images", "--model", sd, "--prompts", str(prompts), "--rewards", f"clip:{clip}", "colour",
+              "--steps", "3", "--guidance", "2", "--device", "cpu"]
+    assert main([*common, "--tuned", str(tmp_path / "zero"), "--out", str(tmp_path / "e0")]) == 0
+    s0 = json.loads((tmp_path / "e0" / "summary.json").read_text())
+    for r, pair in s0["tuned_vs_base"].items():
+        assert pair["mean_diff"] == 0.0 and pair["win_rate"] == 0.5 and s0["base"][r] == s0["tuned"][r], r
+    assert main([*common, "--tuned", str(tmp_path / "tuned"), "--out", str(tmp_path / "e1")]) == 0
+    s1 = json.loads((tmp_path / "e1" / "summary.json").read_text())
+    assert s1["base"] == s0["base"]  # the same seeds: the base's images and scores do not move
+    assert any(p["mean_diff"] != 0.0 for p in s1["tuned_vs_base"].values())
+    rows = [json.loads(x) for x in open(tmp_path / "e1" / "records.jsonl")]
+    assert len(rows) == 3 and set(rows[0]) == {"prompt", "base", "tuned"}
+    assert (tmp_path / "e1" / "grid.png").exists() and "win rate" in capsys.readouterr().out
+    DiffusionBackend.from_pretrained(sd).unet.save_pretrained(tmp_path / "full")  # a full fine-tune's output folder
+    assert main([*common, "--tuned", str(tmp_path / "full"), "--out", str(tmp_path / "e2")]) == 0
+    s2 = json.loads((tmp_path / "e2" / "summary.json").read_text())
+    assert s2["base"] == s0["base"] and all(p["mean_diff"] == 0.0 for p in s2["tuned_vs_base"].values())
