@@ -146,3 +146,21 @@ def test_half_precision_trainable_weights_are_warned_about(tmp_path):
 
     assert "stored in 16-bit floats" in logged("bf16", "model.dtype=bfloat16")
     assert "16-bit" not in logged("fp32")
+
+
+def test_torch_compile_refuses_fsdp_version_1_and_modules_without_targets():
+    from types import SimpleNamespace
+
+    from prefkit.train.compile import compile_for_training
+
+    class WithTargets(torch.nn.Module):
+        def compile_targets(self):
+            return []
+
+    fsdp1 = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=1)))
+    with pytest.raises(ValueError, match="FSDP version 1"):
+        compile_for_training(WithTargets(), fsdp1)
+    with pytest.raises(ValueError, match="language-model recipes only"):
+        compile_for_training(torch.nn.Linear(2, 2), SimpleNamespace(state=SimpleNamespace(fsdp_plugin=None)))
+    fsdp2 = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=2)))
+    assert compile_for_training(WithTargets(), fsdp2, log=lambda *a: None) == 0

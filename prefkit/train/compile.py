@@ -35,6 +35,22 @@ TORCH_COMPILE_LM_ONLY = ("train.torch_compile: language-model recipes only for n
                          "compiled); set it to false")  # what the image recipes' configs say
 
 
+def compile_for_training(module: torch.nn.Module, accelerator, log=print) -> int:
+    """train.torch_compile for the Trainer, before accelerate wraps the module: the blocks of its
+    `compile_targets()` (policy, frozen reference). FSDP version 1 is refused: it flattens the parameters it wraps,
+    which PyTorch does not support under compiled blocks (FSDP2, `fully_shard` per block, is torchtitan's recipe)."""
+    if not hasattr(module, "compile_targets"):
+        raise ValueError(f"train.torch_compile: not supported for {type(module).__name__} (language-model recipes "
+                         "only); set it to false")
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if plugin is not None and getattr(plugin, "fsdp_version", 1) == 1:
+        raise ValueError("train.torch_compile: not with FSDP version 1 (flattened parameters); use fsdp_version: 2 in "
+                         "the accelerate config, or set train.torch_compile: false")
+    n = compile_repeated_blocks(module.compile_targets(), dynamic=True)
+    log(f"torch.compile: {n} blocks (regional)")
+    return n
+
+
 def compile_repeated_blocks(models: list[torch.nn.Module], **compile_kwargs) -> int:
     """Compile every repeated block of `models` in place; returns how many. A model without declared blocks is an
     error rather than a run that silently stays eager."""

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from prefkit.train import checkpoint as ckpt_io
 from prefkit.train.environment import environment
 from prefkit.train.attention import cudnn_attention
-from prefkit.train.compile import compile_repeated_blocks
+from prefkit.train.compile import compile_for_training
 from prefkit.train.config import TrainConfig
 
 
@@ -185,10 +185,7 @@ class Trainer:
             fused=True if cfg.optim == "adamw_torch_fused" else None)
         if cfg.torch_compile and not getattr(self, "_compiled", False):
             self._compiled = True
-            if not hasattr(self.module, "compile_targets"):
-                raise ValueError(f"train.torch_compile: not supported for {type(self.module).__name__} "
-                                 "(language-model recipes only); set it to false")
-            self.log(f"torch.compile: {compile_repeated_blocks(self.module.compile_targets(), dynamic=True)} blocks (regional)")
+            compile_for_training(self.module, acc, self.log)
         self.model, self.optimizer, self.dl = acc.prepare(self.module, self.optimizer, dl)
         self.eval_dl = None
         if self.eval_dataset is not None and len(self.eval_dataset):
