@@ -173,3 +173,46 @@ def test_image_recipes_take_diffusers_defaults_and_say_how_beta_dpo_maps():
     for key in ("max_steps=3", "save_steps=1"):
         with pytest.raises(ValueError, match="SPO trains in method.rounds"):
             load_run_config("configs/spo_shapes.yaml", [f"train.{key}"])
+
+
+def test_crop_and_flip_options_reach_the_training_dataset_and_epochs_redraw(tmp_path, monkeypatch):
+    """data.center_crop / data.random_flip and the seed reach the dataset the Trainer iterates, and it is told each
+    epoch (accelerate's data loader passes set_epoch on), so random crops and flips change between epochs."""
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    import prefkit.methods.diffusion_recipe as recipe
+    from prefkit.cli import main
+    from prefkit.diffusion.tiny_sd import save_tiny_sd_pipeline
+
+    seen = {"kw": None, "epochs": []}
+
+    class Recording(recipe.ImagePreferenceDataset):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            seen["kw"] = kw
+
+        def set_epoch(self, epoch):
+            seen["epochs"].append(epoch)
+            super().set_epoch(epoch)
+
+    monkeypatch.setattr(recipe, "ImagePreferenceDataset", Recording)
+    sd = save_tiny_sd_pipeline(str(tmp_path / "sd"), latent_size=8)
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(2):
+        for j in range(2):
+            Image.fromarray(np.random.default_rng(i * 2 + j).integers(0, 255, (16, 24, 3), dtype=np.uint8)).save(
+                tmp_path / "img" / f"{i}_{j}.png")
+        rows.append({"caption": f"prompt {i}", "chosen": f"img/{i}_0.png", "rejected": f"img/{i}_1.png"})
+    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = {"model": {"path": sd, "lora_rank": 2}, "method": {"name": "diffusion_dpo", "beta": 200.0},
+           "data": {"train_file": str(tmp_path / "pairs.jsonl"), "format": "pairs", "center_crop": False,
+                    "random_flip": True},
+           "train": {"output_dir": str(tmp_path / "out"), "num_epochs": 2, "batch_size": 2, "seed": 7,
+                     "progress_bar": False}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "c.yaml")]) == 0
+    assert seen["kw"] == {"center_crop": False, "random_flip": True, "seed": 7}
+    assert seen["epochs"] == sorted(seen["epochs"]) and set(seen["epochs"]) == {0, 1}

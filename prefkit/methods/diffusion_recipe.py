@@ -74,7 +74,8 @@ def train_diffusion(cfg: DiffusionRunConfig, objective: str, *, resume: bool = F
     backend, reference = load_backend(cfg.model)
     module = DiffusionPreferenceModule(backend, objective=objective, beta=cfg.method.beta, reference_unet=reference,
                                        **objective_kw)
-    dataset = ImagePreferenceDataset(examples, cfg.data.image_size or backend.image_size)
+    dataset = ImagePreferenceDataset(examples, cfg.data.image_size or backend.image_size, center_crop=cfg.data.center_crop,
+                                     random_flip=cfg.data.random_flip, seed=cfg.train.seed)
     trainer = Trainer(cfg.train, module, dataset, collate_image_groups,
                       run_config=asdict(cfg) | {"data_report": report.summary()}, log=log)
     return trainer.train(resume=resume)
