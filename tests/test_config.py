@@ -126,3 +126,8 @@ def test_image_recipes_refuse_torch_compile():
     for name in ("configs/diffusion_dpo_shapes.yaml", "configs/spo_shapes.yaml"):
         with pytest.raises(ValueError, match="torch_compile: language-model recipes only"):
             load_run_config(name, ["train.torch_compile=true"])
+
+
+def test_fp16_weights_with_fp16_mixed_precision_are_refused():
+    with pytest.raises(ValueError, match="grad scaler cannot unscale fp16"):
+        load_run_config("configs/dpo_tiny.yaml", ["model.dtype=float16", "train.mixed_precision=fp16"])

@@ -198,3 +198,17 @@ def test_ddim_sampling_of_an_sd15_style_folder_equals_the_diffusers_pipeline(tmp
     cond, uncond = b.encode_text(["a red square"]), b.encode_text([""])
     ours = ddim_sample(b.unet, b.scheduler, cond, uncond, num_steps=4, guidance=3.0, x_T=x_T.clone())
     torch.testing.assert_close(ours, want, atol=1e-5, rtol=0)
+
+
+def test_float32_vae_is_not_autocast_to_16_bits(tmp_path):
+    """The Trainer runs the module under mixed-precision autocast; a float32 VAE (force_upcast for SDXL's, which
+    overflows in fp16) must still compute in float32 there: latents equal those outside autocast."""
+    from prefkit.diffusion.tiny_sd import save_tiny_sd_pipeline
+
+    b = DiffusionBackend.from_pretrained(save_tiny_sd_pipeline(str(tmp_path / "sd"), latent_size=8))
+    pixels = torch.rand(2, 3, 16, 16) * 2 - 1
+    plain = b.encode_images(pixels, generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = b.encode_images(pixels, generator=torch.Generator().manual_seed(0))
+        decoded = b.decode_latents(plain)
+    assert torch.equal(plain, auto) and decoded.dtype == torch.float32

@@ -10,6 +10,8 @@ VAE are frozen here: preference training only ever updates the UNet (fully, or i
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 from dataclasses import dataclass, fields
@@ -141,6 +143,13 @@ class DiffusionBackend:
         ids = enc["input_ids"].to(self.device)
         return self.text_encoder(ids).last_hidden_state
 
+    def _vae_precision(self):
+        """A float32 VAE (force_upcast, or a float32 model) computes in float32 also inside the Trainer's
+        mixed-precision autocast, which would run its convolutions in fp16 again (SDXL's VAE overflows: NaN latents)."""
+        if self.vae.dtype == torch.float32:
+            return torch.autocast(self.device.type, enabled=False)
+        return contextlib.nullcontext()
+
     def _follow_unet(self, module) -> None:
         """The frozen parts live wherever the UNet is (the Trainer moves only the UNet). A VAE whose config says
         `force_upcast` (SDXL's overflows in float16) runs in float32, as diffusers' pipelines run it."""
@@ -170,7 +179,8 @@ class DiffusionBackend:
         if self.vae is None:
             return pixels.to(self.device)
         self._follow_unet(self.vae)
-        dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
+        with self._vae_precision():
+            dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
         unet_dtype = next(self.unet.parameters()).dtype  # an upcast VAE hands back float32
         return (dist.sample(generator) * self.vae.config.scaling_factor).to(unet_dtype)
 
@@ -181,7 +191,8 @@ class DiffusionBackend:
             return latents.clamp(-1, 1)
         self._follow_unet(self.vae)
         latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
-        return self.vae.decode(latents).sample.clamp(-1, 1)
+        with self._vae_precision():
+            return self.vae.decode(latents).sample.clamp(-1, 1)
 
     # ---- save / load (Stable-Diffusion folder layout) ----
     def save_pretrained(self, path: str) -> None:

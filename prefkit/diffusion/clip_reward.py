@@ -10,11 +10,12 @@ import torch
 
 
 class ClipScoreReward:
-    def __init__(self, path: str, batch_size: int = 64, device: str = "cpu"):
+    def __init__(self, path: str, batch_size: int = 64, device: str | None = None):
         if not os.path.isdir(path):
             raise FileNotFoundError(f"CLIP-score reward: {path!r} is not a local folder with a CLIPModel")
         from transformers import CLIPModel, CLIPProcessor
 
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = CLIPModel.from_pretrained(path).to(device).eval()
         self.processor = CLIPProcessor.from_pretrained(path)
         self.name, self.batch_size, self.device = f"clip:{path}", batch_size, device

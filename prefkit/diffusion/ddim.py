@@ -90,7 +90,8 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor | float
     mean, sigma, x0_hat = ddim_mean(x_t, eps, abar_t, abar_prev, eta, clip_sample=clip_sample)
     if eta > 0:
         if noise is None:
-            noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+            dev = generator.device if generator is not None else x_t.device  # a CPU generator draws on the CPU
+            noise = torch.randn(x_t.shape, generator=generator, device=dev, dtype=x_t.dtype).to(x_t.device)
         prev = mean + sigma * noise
     else:
         prev = mean

@@ -118,7 +118,9 @@ def make_refusal_detector(cfg: SafetyEvalConfig) -> RefusalDetector:
     judge = None
     if cfg.refusal_judge:
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        judge = LMRefusalJudge(AutoModelForCausalLM.from_pretrained(cfg.refusal_judge).eval(),
+        from prefkit.pipelines.sampling import default_device
+
+        judge = LMRefusalJudge(AutoModelForCausalLM.from_pretrained(cfg.refusal_judge).to(default_device()).eval(),
                                AutoTokenizer.from_pretrained(cfg.refusal_judge))
     kws = DEFAULT_REFUSAL_KEYWORDS if cfg.refusal_keywords is None else tuple(cfg.refusal_keywords)
     return RefusalDetector(kws, window_chars=cfg.refusal_window_chars, judge=judge, combine=cfg.refusal_combine)

@@ -229,15 +229,22 @@ def run(cfg: CurryRunConfig, *, resume: bool = False, log=print) -> CurriculumRe
     log(report.summary())
     log(describe_stages(stages) if cfg.data.format != "curry_dpo" else
         "\n".join(f"stage {s}: {len(st)} pairs ({st[0].meta['level'] if st else '-'})" for s, st in enumerate(stages)))
+    from accelerate import PartialState
+
+    state = PartialState()  # under accelerate launch, files are written by the main process only
     out = Path(cfg.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_io.write_json_atomic(out / "run_config.json", asdict(cfg) | {"data_report": report.summary()})
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt_io.write_json_atomic(out / "run_config.json", asdict(cfg) | {"data_report": report.summary()})
+    state.wait_for_everyone()
     policy = load_causal_lm(cfg.model)
     result = train_curriculum(policy, tokenizer, stages, cfg.method, cfg.train, cfg.data.settings(),
                               skip_invalid=cfg.data.skip_invalid, resume=resume, log=log)
     merged = cfg.method.reference == "adapter" and cfg.method.refresh_reference and len(stages) > 1
-    save_final_policy(policy, tokenizer, out / "model", merge=merged)
-    (out / "curriculum.json").write_text(json.dumps(
-        [{"stage": r.stage, "pairs": r.n_pairs, "gap_mean": r.gap_mean, "reference": r.reference,
-          "steps": r.result.global_step} for r in result.stages], indent=1))
+    if state.is_main_process:
+        save_final_policy(policy, tokenizer, out / "model", merge=merged)
+        (out / "curriculum.json").write_text(json.dumps(
+            [{"stage": r.stage, "pairs": r.n_pairs, "gap_mean": r.gap_mean, "reference": r.reference,
+              "steps": r.result.global_step} for r in result.stages], indent=1))
+    state.wait_for_everyone()
     return result

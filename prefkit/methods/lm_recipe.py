@@ -151,6 +151,10 @@ class LMRunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
+        if self.model.dtype == "float16" and self.train.mixed_precision == "fp16":
+            raise ValueError("model.dtype: float16 with train.mixed_precision: fp16 fails at the first step on a GPU "
+                             "(the grad scaler cannot unscale fp16 gradients); load float32 weights (model.dtype: "
+                             "float32) for fp16 mixed precision")
         if self.method.backend == "kv" and self.model.gradient_checkpointing:
             raise ValueError("method.backend: 'kv' needs the KV cache, which model.gradient_checkpointing turns off; "
                              "use backend 'prefix' or 'naive' with gradient checkpointing")
@@ -197,7 +201,10 @@ def build_reference(kind: str, policy, groups, pad_id: int, cache_dir: str, back
     """`train`: the run's train section; a precomputed reference's passes follow its sdpa_cudnn and
     mixed_precision as the training steps do."""
     if kind == "precomputed":
+        from accelerate import PartialState
+
         t = train or TrainConfig()
+        policy.to(PartialState().device)  # the pass runs where training will (it loads on the CPU), this rank's GPU
         return precompute_reference(policy, groups, pad_id, cache_dir, backend=backend, sdpa_cudnn=t.sdpa_cudnn,
                                     mixed_precision=t.mixed_precision)
     return make_reference(kind, policy)

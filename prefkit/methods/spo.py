@@ -175,7 +175,11 @@ class TupleDataset(Dataset):
     """The kept tuples of one round, each with its prompt's text states (cond) and the empty prompt's."""
 
     def __init__(self, pairs: StepPairs, cond: torch.Tensor, uncond: torch.Tensor):
-        self.p, self.cond, self.uncond = pairs, cond, uncond  # cond (B_prompts, L, D), uncond (1, L, D)
+        # on the host: the data loader (worker processes, pinned memory) hands batches to the device
+        from dataclasses import fields as dc_fields
+
+        pairs = type(pairs)(**{f.name: getattr(pairs, f.name).cpu() for f in dc_fields(pairs)})
+        self.p, self.cond, self.uncond = pairs, cond.cpu(), uncond.cpu()  # cond (B_prompts, L, D), uncond (1, L, D)
 
     def __len__(self) -> int:
         return len(self.p)
@@ -386,22 +390,34 @@ def run(cfg: SPORunConfig, *, resume: bool = False, log=print):
 
     if resume:
         raise ValueError("SPO runs are not resumable (rounds sample from the current policy); start a new run")
+    from accelerate import PartialState
+
+    state = PartialState()
     out = Path(cfg.train.output_dir)
     backend, reference = load_backend(cfg.model)
+    # everything the rounds run on goes to this process's device first: sampling, the frozen reference and the step
+    # scorer are outside what the Trainer's accelerate.prepare moves (it moves the module being trained)
+    backend.unet.to(state.device)
+    if reference is not None:
+        reference.to(state.device)
     if cfg.scorer.path:
-        scorer = load_step_scorer(cfg.scorer.path).eval().requires_grad_(False)
+        scorer = load_step_scorer(cfg.scorer.path).eval().requires_grad_(False).to(state.device)
     else:
         examples, report = load_image_jsonl(cfg.scorer.fit_data)
         log(report.summary())
         pairs = ranked_to_pairs(examples, "all") if examples and isinstance(examples[0], ImageRankedList) else examples
         assert all(isinstance(p, ImagePair) for p in pairs)
         scorer, _, _ = fit_cnn_scorer(backend, pairs, cfg, out / "scorer_fit", log=log)
-        scorer.save_pretrained(out / "scorer")
+        scorer.to(state.device)
+        if state.is_main_process:
+            scorer.save_pretrained(out / "scorer")
     res = train_spo(backend, reference, make_score_fn_for(backend, scorer),
                     prompt_source(cfg.data.prompts, cfg.method.prompts_per_round, cfg.data.seed), cfg, log=log)
     module, ledger, history = res.module, res.ledger, res.history
-    module.save_pretrained(out / "model")
-    (out / "spo_rounds.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-    write_json_atomic(out / "run_config.json", asdict(cfg))
+    if state.is_main_process:  # under accelerate launch, the main process writes
+        module.save_pretrained(out / "model")
+        (out / "spo_rounds.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+        write_json_atomic(out / "run_config.json", asdict(cfg))
+    state.wait_for_everyone()
     log(f"[spo] {ledger}")
     return TrainResult(res.trainer.global_step, str(out), history, None)  # optimizer steps over all rounds

@@ -111,13 +111,15 @@ class LlamaGuardJudge:
         self._sampler = None
 
     @classmethod
-    def from_pretrained(cls, path: str, *, device: str = "cpu", dtype: str = "auto", **kw) -> "LlamaGuardJudge":
+    def from_pretrained(cls, path: str, *, device: str | None = None, dtype: str = "auto", **kw) -> "LlamaGuardJudge":
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         tok = AutoTokenizer.from_pretrained(path)
         torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
                        "float16": torch.float16}[dtype]
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device).eval()
+        from prefkit.pipelines.sampling import default_device
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device or default_device()).eval()
         return cls(model, tok, **kw)
 
     def build_prompt(self, prompt: str, response: str) -> str:

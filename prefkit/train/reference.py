@@ -14,6 +14,7 @@ import copy
 import hashlib
 from contextlib import nullcontext
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -191,7 +192,7 @@ def precompute_reference(model, groups: list[TokenizedGroup], pad_id: int, cache
     K = max(len(v) for v in table.values())
     idx = sorted(table)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # every rank of a multi-GPU run writes the same table: own tmp
     save_file({"index": torch.tensor(idx), "k": torch.tensor([len(table[i]) for i in idx]),
                "logps": torch.tensor([table[i] + [0.0] * (K - len(table[i])) for i in idx])}, str(tmp))
     tmp.replace(path)
