@@ -205,3 +205,33 @@ def test_pickapic_dict_paths_are_resolved_and_auto_format_detects_pickapic(tmp_p
     assert len(pairs) == 1 and report.rows_kept == 1
     with pytest.raises(DataError, match=r"row 1, field 'chosen'.*set data.format: pickapic"):
         load_image_jsonl(str(path))
+
+
+def test_auto_format_reads_a_shard_folder_schema_and_skips_a_broken_first_line(tmp_path, monkeypatch):
+    """format auto on the hub's layout (data/train-00000-of-00001.parquet) names the format from the schema, and a
+    malformed first line does not turn a ranked file into 'pairs' (which then skipped every row)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prefkit.data.images import detect_image_format
+    from prefkit.data.image_store import ParquetImageStore
+
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(pickapic_rows()[:2]), str(tmp_path / "hub" / "data" / "train-00000-of-00001.parquet"))
+    assert detect_image_format(str(tmp_path / "hub")) == "pickapic"
+    ranked = tmp_path / "ranked.jsonl"
+    ranked.write_text('{"caption": "x", "images": [\n' + json.dumps({"caption": "y", "images": ["a.png", "b.png"],
+                                                                     "scores": [1, 0]}) + "\n")
+    assert detect_image_format(str(ranked)) == "ranked"
+    # an interrupted cache build leaves no half-written file
+    monkeypatch.setenv("PREFKIT_CACHE", str(tmp_path / "cache"))
+    import prefkit.data.image_store as store
+
+    def broken(src, tmp, columns):
+        open(tmp, "wb").write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "_write_cache", broken)
+    with pytest.raises(KeyboardInterrupt):
+        ParquetImageStore.build(str(tmp_path / "hub" / "data" / "train-00000-of-00001.parquet"), ["jpg_0", "jpg_1"])
+    assert not list((tmp_path / "cache").rglob("*.tmp"))

@@ -145,9 +145,11 @@ def test_resume_draws_the_same_noise_as_the_uninterrupted_run(tmp_path):
         cfg = TrainConfig(output_dir=str(out), learning_rate=3e-3, max_steps=4, batch_size=2, save_steps=2,
                           lr_scheduler="constant", warmup_ratio=0.0, progress_bar=False)
         Trainer(cfg, module, ImagePreferenceDataset(ranked_data(), 8), collate_image_groups, log=lambda *a: None).train(resume=resume)
+        assert module._draw_key is None
         return {n: p.detach().clone() for n, p in b.unet.named_parameters() if "lora_" in n}
 
     whole = run(tmp_path / "a")
+    # (and after training the module draws from the global RNG again, as outside the Trainer)
     run(tmp_path / "b")
     shutil.rmtree(tmp_path / "b" / "checkpoint-4")
     torch.manual_seed(123)  # whatever the global RNG holds

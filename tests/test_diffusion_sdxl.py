@@ -95,3 +95,24 @@ def test_a_force_upcast_vae_runs_in_float32_under_a_float16_model(sdxl_dir):
     lat = b.encode_images(torch.rand(1, 3, 16, 16) * 2 - 1)
     assert b.vae.dtype == torch.float32 and lat.dtype == torch.float16  # latents in the UNet's dtype
     assert b.decode_latents(lat).dtype == torch.float32
+
+
+def test_eval_images_with_a_full_sdxl_unet_as_the_tuned_model(tmp_path):
+    """A full fine-tune's UNet folder on an SDXL base gets the packed SDXL conditioning too (it crashed)."""
+    from prefkit.diffusion.backend import DiffusionBackend
+    from prefkit.diffusion.tiny_sd import save_tiny_sdxl_pipeline
+    from prefkit.eval.image_eval import evaluate, load_models
+
+    path = save_tiny_sdxl_pipeline(str(tmp_path / "xl"), latent_size=8)
+    DiffusionBackend.from_pretrained(path).unet.save_pretrained(tmp_path / "full")
+
+    class Brightness:
+        name = "brightness"
+
+        def __call__(self, images, prompts):
+            return images.mean(dim=(1, 2, 3))
+
+    backend, kind = load_models(path, str(tmp_path / "full"), "cpu")
+    _, result = evaluate(backend, kind, ["a red square", "a blue circle"], [Brightness()], num_steps=2, guidance=2.0,
+                         seed=0, batch_size=2)
+    assert kind == "unet" and result["summary"]["tuned_vs_base"]["brightness"]["mean_diff"] == 0.0

@@ -121,8 +121,12 @@ class ParquetImageStore:
         if not os.path.exists(out):
             os.makedirs(folder, exist_ok=True)
             tmp = f"{out}.{os.getpid()}.tmp"
-            _write_cache(src, tmp, columns)
-            os.replace(tmp, out)  # atomic: processes building the same cache at once each write their own tmp
+            try:
+                _write_cache(src, tmp, columns)
+                os.replace(tmp, out)  # atomic: processes building the same cache at once each write their own tmp
+            finally:
+                if os.path.exists(tmp):  # an interrupted build leaves no half-written file behind
+                    os.remove(tmp)
             pa.default_memory_pool().release_unused()  # the reader's buffers, back to the OS
         return cls(out, os.path.dirname(src))
 

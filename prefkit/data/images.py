@@ -256,16 +256,21 @@ def detect_image_format(source: str) -> str:
     parquet file's schema, a saved dataset's columns, or the first row of any other source."""
     path = Path(source)
     cols: Iterable[str] = ()
+    if path.is_dir() and not _saved_kind(path):  # a folder of files (the hub's data/train-0000x-of-...parquet)
+        from prefkit.data.loaders import folder_files
+
+        path = folder_files(path)[0]
     if path.is_file() and path.name.lower().endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        cols = pq.read_schema(str(path)).names
+        cols = pq.read_schema(str(path)).names  # the schema only: a shard is not read into memory to name its columns
     elif path.is_dir() and _saved_kind(path):
         cols = _load_saved(path, "train")[0].column_names
     elif path.exists():
-        for _, row in iter_rows(source):
-            cols = row.keys() if isinstance(row, dict) else ()
-            break
+        for _, row in iter_rows(str(path)):
+            if isinstance(row, dict):  # the first readable row (a malformed first line is the loader's to report)
+                cols = row.keys()
+                break
     cols = set(cols)
     if cols & {"jpg_0", "jpg_1", "label_0"}:
         return "pickapic"

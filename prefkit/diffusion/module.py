@@ -43,7 +43,7 @@ class DiffusionPreferenceModule(torch.nn.Module):
         """The Trainer names each micro-batch (seed, epoch, micro-batch, process) before the forward: its noise,
         timesteps and VAE sample come from a generator seeded by that name, not from the global RNG, so a resumed
         run draws what the uninterrupted one drew (re-creating the data loader at resume consumes global draws)."""
-        self._draw_key = key
+        self._draw_key = key or None  # seed_step(): back to the global RNG
 
     def _generator(self, device) -> torch.Generator | None:
         if self._draw_key is None:

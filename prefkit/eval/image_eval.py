@@ -41,7 +41,12 @@ def load_models(model: str, tuned: str | None, device: str):
             from diffusers import UNet2DConditionModel
 
             backend.base_unet = backend.unet
-            backend.tuned_unet = UNet2DConditionModel.from_pretrained(str(folder)).to(device).eval()
+            backend.tuned_unet = UNet2DConditionModel.from_pretrained(
+                str(folder), torch_dtype=backend.unet.dtype).to(device).eval()
+            if backend.is_sdxl:  # the packed SDXL conditioning, as for the base UNet
+                from prefkit.diffusion import sdxl
+
+                sdxl.attach(backend.tuned_unet)
             kind = "unet"
         else:
             load_lora(backend.unet, str(folder))

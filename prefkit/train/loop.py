@@ -376,6 +376,8 @@ class Trainer:
         window, t0 = self._new_window(step), time.perf_counter()  # a logging window may span an epoch's end
         while step < end:
             self.sampler.set_epoch(epoch)
+            if hasattr(self.dl.dataset, "set_epoch"):  # random crop / flip draws: accelerate skips this under DDP
+                self.dl.dataset.set_epoch(epoch)
             if hasattr(self.dl, "set_epoch"):
                 self.dl.set_epoch(epoch)
             dl = acc.skip_first_batches(self.dl, skip) if skip else self.dl
@@ -417,6 +419,8 @@ class Trainer:
                             break
             epoch, skip = epoch + 1, 0
         pbar.close()
+        if hasattr(self.module, "seed_step"):
+            self.module.seed_step()  # outside the Trainer the module draws from the global RNG again
         return history, last_ckpt
 
     def _publish(self, last_ckpt: Path | None) -> None:
@@ -444,6 +448,8 @@ class Trainer:
                 sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.detach().float() * size
             n += size
         self.model.train()
+        if hasattr(self.module, "seed_step"):
+            self.module.seed_step()
         names = sorted(sums)
         totals = acc.reduce(torch.stack([sums[k] for k in names] + [n]), reduction="sum").tolist()
         rec = {"step": step, **{f"eval_{k}": v / max(totals[-1], 1) for k, v in zip(names, totals[:-1])}}
