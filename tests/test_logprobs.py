@@ -208,3 +208,24 @@ def test_lora_with_gradient_checkpointing_trains_the_adapters():
             grads[checkpointing, backend] = torch.cat([p.grad.flatten() for p in trainable])
     for backend in ("naive", "prefix"):
         torch.testing.assert_close(grads[True, backend], grads[False, backend], atol=1e-6, rtol=0)
+
+
+def test_block_masks_take_the_autocast_dtype_under_mixed_precision(monkeypatch):
+    """fp32 weights under bf16 autocast: the prefix layout's (N, 1, T, T) mask is built in bf16 (an fp32 one is
+    recast by every layer's attention); the log-probs are those of the fp32 mask."""
+    import prefkit.models.logprobs as lp
+
+    model = tiny_causal_lm("qwen2", vocab_size=64)
+    batch = collate_groups(GROUPS, 0, "prefix")
+    with monkeypatch.context() as m:  # as before: the fp32 mask, recast inside attention
+        m.setattr(lp, "mask_dtype", lambda base: torch.float32)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            before = completion_logps(model, batch).logps
+    seen = []
+    real = lp.block_attention_mask
+    monkeypatch.setattr(lp, "block_attention_mask", lambda seg, dtype, *a: seen.append(dtype) or real(seg, dtype, *a))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        after = completion_logps(model, batch).logps
+    assert seen == [torch.bfloat16] and torch.equal(before, after)
+    completion_logps(model, batch)
+    assert seen[-1] == torch.float32

@@ -62,6 +62,15 @@ def sliding_window(config) -> tuple[int | None, bool]:
     return window, types is not None and any(t != "sliding_attention" for t in types)
 
 
+def mask_dtype(base) -> torch.dtype:
+    """The dtype an additive mask should have: the autocast dtype under mixed precision (fp32 weights, bf16 steps:
+    an fp32 mask would be recast by every layer's attention), else the weights' floating dtype."""
+    p = next(base.parameters())
+    if torch.is_autocast_enabled(p.device.type):
+        return torch.get_autocast_dtype(p.device.type)
+    return p.dtype if p.dtype.is_floating_point else torch.float32
+
+
 def prefix_attention_mask(config, batch: dict, dtype: torch.dtype):
     """The prefix layout's block mask; for models with sliding-window layers also the windowed one, as the
     {layer type: mask} dict that transformers' decoders accept (one windowed mask where every layer slides)."""
@@ -79,8 +88,7 @@ def hidden_states(model, batch: dict) -> torch.Tensor:
     decoder = base.get_decoder()
     seg = batch["segments"]
     if batch["layout"] == "prefix":
-        dtype = next(p for p in base.parameters()).dtype
-        attn = prefix_attention_mask(base.config, batch, dtype if dtype.is_floating_point else torch.float32)
+        attn = prefix_attention_mask(base.config, batch, mask_dtype(base))
     else:
         attn = (seg >= 0).long()  # (N, T) ordinary padding mask
     out = decoder(input_ids=batch["input_ids"], attention_mask=attn, position_ids=batch["position_ids"], use_cache=False)

@@ -61,12 +61,11 @@ def _prompt_mask(base, batch: dict):
     impl = getattr(base.config, "_attn_implementation", None)
     if impl not in ("sdpa", "eager") or not batch["prompt_padded"]:
         return mask
-    from prefkit.models.logprobs import prefix_attention_mask
+    from prefkit.models.logprobs import mask_dtype, prefix_attention_mask
 
-    dtype = next(p for p in base.parameters()).dtype
-    dtype = dtype if dtype.is_floating_point else torch.float32
     seg = torch.where(mask.bool(), 0, -1)  # (B, P) segment 0: the prompt; -1: padding
-    return prefix_attention_mask(base.config, {"segments": seg, "position_ids": batch["prompt_positions"]}, dtype)
+    return prefix_attention_mask(base.config, {"segments": seg, "position_ids": batch["prompt_positions"]},
+                                 mask_dtype(base))
 
 
 def kv_hidden_states(model, batch: dict) -> torch.Tensor:
