@@ -33,3 +33,42 @@ def test_two_ranks_train_consistently(tmp_path, backend, port):
     assert m[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert all(math.isfinite(x["loss"]) for x in m) and m[-1]["loss"] < m[0]["loss"]
     assert m[0]["samples_per_s"] > 0
+
+
+def test_two_ranks_build_one_pickapic_image_cache(tmp_path):
+    """Under torchrun each rank loads the Pick-a-Pic parquet; the main process builds the memory-mapped image cache
+    first and the other rank reuses it (N ranks wrote N copies of a cache that can be hundreds of GB)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    def png(c):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), c).save(buf, format="PNG")
+        return buf.getvalue()
+
+    rows = [{"caption": f"c{i}", "jpg_0": png((i, 0, 0)), "jpg_1": png((0, i, 0)), "label_0": 1.0} for i in range(6)]
+    pq.write_table(pa.Table.from_pylist(rows), str(tmp_path / "pap.parquet"))
+    script = tmp_path / "load.py"
+    script.write_text(
+        "import os, torch.distributed as dist\n"
+        "import prefkit.data.image_store as store\n"
+        "from prefkit.data.images import load_pickapic\n"
+        "from prefkit.train.process import process_state\n"
+        "state = process_state()\n"
+        "real = store._write_cache\n"
+        "def counted(*a):\n"
+        "    print('BUILD', state.process_index, flush=True)\n"
+        "    return real(*a)\n"
+        "store._write_cache = counted\n"
+        f"pairs, _ = load_pickapic({str(tmp_path / 'pap.parquet')!r})\n"
+        "print('PAIRS', state.process_index, len(pairs), flush=True)\n")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PREFKIT_CACHE=str(tmp_path / "cache"))
+    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29535", str(script)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("BUILD") == 1 and r.stdout.count("PAIRS") == 2 and "6" in r.stdout
+    assert len(list((tmp_path / "cache").rglob("*.arrow"))) == 1 and not list((tmp_path / "cache").rglob("*.tmp"))

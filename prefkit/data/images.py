@@ -167,7 +167,12 @@ def _parquet_rows(path: str, cache_dir: str | None) -> Iterator[tuple[int, dict]
     try:
         names = pq.ParquetFile(path).schema_arrow.names
         imgs = [c for c in IMAGE_COLUMNS if c in names]
-        store = ParquetImageStore.build(path, imgs, cache_dir) if imgs else None
+        store = None
+        if imgs:
+            from prefkit.train.process import process_state
+
+            with process_state().main_process_first():  # under accelerate launch: one rank builds, the others reuse
+                store = ParquetImageStore.build(path, imgs, cache_dir)
         small = pq.read_table(path, columns=[c for c in PICKAPIC_FIELDS if c in names]).to_pylist()
     except (pa.ArrowException, OSError) as e:
         raise DataError(path, None, None, f"cannot read parquet: {e}") from None

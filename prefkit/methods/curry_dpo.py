@@ -229,9 +229,9 @@ def run(cfg: CurryRunConfig, *, resume: bool = False, log=print) -> CurriculumRe
     log(report.summary())
     log(describe_stages(stages) if cfg.data.format != "curry_dpo" else
         "\n".join(f"stage {s}: {len(st)} pairs ({st[0].meta['level'] if st else '-'})" for s, st in enumerate(stages)))
-    from accelerate import PartialState
+    from prefkit.train.process import process_state
 
-    state = PartialState()  # under accelerate launch, files are written by the main process only
+    state = process_state()  # under accelerate launch, files are written by the main process only
     out = Path(cfg.train.output_dir)
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)

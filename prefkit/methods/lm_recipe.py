@@ -201,10 +201,10 @@ def build_reference(kind: str, policy, groups, pad_id: int, cache_dir: str, back
     """`train`: the run's train section; a precomputed reference's passes follow its sdpa_cudnn and
     mixed_precision as the training steps do."""
     if kind == "precomputed":
-        from accelerate import PartialState
+        from prefkit.train.process import process_state
 
         t = train or TrainConfig()
-        policy.to(PartialState().device)  # the pass runs where training will (it loads on the CPU), this rank's GPU
+        policy.to(process_state().device)  # the pass runs where training will (it loads on the CPU), this rank's GPU
         return precompute_reference(policy, groups, pad_id, cache_dir, backend=backend, sdpa_cudnn=t.sdpa_cudnn,
                                     mixed_precision=t.mixed_precision)
     return make_reference(kind, policy)

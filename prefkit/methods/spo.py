@@ -390,9 +390,9 @@ def run(cfg: SPORunConfig, *, resume: bool = False, log=print):
 
     if resume:
         raise ValueError("SPO runs are not resumable (rounds sample from the current policy); start a new run")
-    from accelerate import PartialState
+    from prefkit.train.process import process_state
 
-    state = PartialState()
+    state = process_state()
     out = Path(cfg.train.output_dir)
     backend, reference = load_backend(cfg.model)
     # everything the rounds run on goes to this process's device first: sampling, the frozen reference and the step

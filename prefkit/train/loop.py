@@ -35,6 +35,7 @@ from prefkit.train.environment import environment
 from prefkit.train.attention import cudnn_attention
 from prefkit.train.compile import compile_for_training
 from prefkit.train.config import TrainConfig
+from prefkit.train.process import cpu_only
 
 
 class NonFiniteLossError(RuntimeError):
@@ -111,10 +112,9 @@ def _allow_new_precision(mixed_precision: str) -> None:
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     # Without a GPU, `cpu=True` lets accelerate see a torchrun / `accelerate launch --multi_gpu` world
     # (RANK/WORLD_SIZE set) as MULTI_CPU with gloo; otherwise every rank would think it is alone.
-    no_gpu = not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
     _allow_new_precision(cfg.mixed_precision)
     return Accelerator(gradient_accumulation_steps=cfg.grad_accum_steps, mixed_precision=cfg.mixed_precision,
-                       cpu=no_gpu and not torch.backends.mps.is_available())
+                       cpu=cpu_only())
 
 
 class Trainer:
