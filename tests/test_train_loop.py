@@ -147,3 +147,27 @@ def test_ranked_dpo_evaluates_its_eval_file_and_curry_refuses_one(tmp_path):
     assert any("which has one split: the eval rows are training rows" in x for x in lines)
     with pytest.raises(ValueError, match="curry_dpo does not evaluate"):
         load_run_config("configs/curry_dpo_tiny.yaml", ["data.eval_file=examples/data/tiny_ranked.jsonl"])
+
+
+def test_outputs_load_with_auto_model_and_peft(tmp_path):
+    """OUTPUT/model loads with AutoModelForCausalLM (full fine-tune) and PeftModel on its base (LoRA), and gives the
+    trained policy's logits."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from prefkit.models.loading import load_causal_lm
+
+    module, cfg = _cfg(tmp_path, "train.max_steps=2", "train.learning_rate=1e-3")
+    module.run(cfg, log=lambda *a: None)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    full = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
+    base = load_causal_lm(cfg.model)
+    assert not torch.allclose(full(ids).logits, base(ids).logits)  # it trained
+    base.save_pretrained(tmp_path / "base")
+    module, cfg = load_run_config("configs/dpo_tiny.yaml", [
+        f"train.output_dir={tmp_path / 'lora'}", "train.progress_bar=false", "train.max_steps=2",
+        "train.learning_rate=1e-2", f"model.name_or_path={tmp_path / 'base'}", "model.init_config=null",
+        "model.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj]}", "method.reference=adapter"])
+    module.run(cfg, log=lambda *a: None)
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), tmp_path / "lora" / "model")
+    assert not torch.allclose(tuned(ids).logits, base(ids).logits)
