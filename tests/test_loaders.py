@@ -129,6 +129,14 @@ def test_truncates_prompt_from_left_never_completion(byte_tokenizer):
     assert byte_tokenizer.decode(g.completion_ids[0], skip_special_tokens=True) == "xyz"
     with pytest.raises(DataError, match="completions are never truncated"):
         tokenize_pair(Pair("Q", "x" * 20, "y"), byte_tokenizer, s, source="f.jsonl", row=7)
+    from prefkit.data.errors import LoadReport
+    from prefkit.methods.lm_recipe import tokenize_all
+
+    report = LoadReport("f.jsonl", rows_read=3, rows_kept=3)
+    groups = tokenize_all([Pair("0123456789ABCDEF", "xyz", "uv"), Pair("Q", "a", "b"), Pair("0123456789", "xyz", "uv")],
+                          byte_tokenizer, s, report, skip_invalid=False)
+    assert [g.prompt_truncated for g in groups] == [True, False, True] and report.truncated_prompts == 2
+    assert "truncated prompts 2" in report.summary()
 
 
 def test_tokenization_errors_name_the_files_row(tmp_path, byte_tokenizer):
