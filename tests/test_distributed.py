@@ -72,3 +72,35 @@ def test_two_ranks_build_one_pickapic_image_cache(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("BUILD") == 1 and r.stdout.count("PAIRS") == 2 and "6" in r.stdout
     assert len(list((tmp_path / "cache").rglob("*.arrow"))) == 1 and not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_two_ranks_evaluate_each_example_once(tmp_path):
+    """3 eval examples on 2 ranks at batch 1: accelerate repeats one to even out the ranks' batches; eval_* are means
+    over the 3 real examples (1, 2, 6 -> 3.0), not over the 4 the ranks saw (2.5)."""
+    script = tmp_path / "ev.py"
+    script.write_text(
+        "import torch\n"
+        "from prefkit.train import loop\n"
+        "from prefkit.train.config import TrainConfig\n"
+        "class Rows(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.w = torch.nn.Parameter(torch.zeros(()))\n"
+        "    def forward(self, batch):\n"
+        "        v = batch['v']\n"
+        "        return (v + self.w).mean(), {'v': v.mean()}\n"
+        "def collate(items):\n"
+        "    return {'v': torch.tensor([float(x['v']) for x in items]), 'mask': torch.ones(len(items), 1)}\n"
+        f"cfg = TrainConfig(output_dir={str(tmp_path / 'out')!r}, learning_rate=1e-9, max_steps=1, batch_size=1,\n"
+        "                  warmup_ratio=0.0, progress_bar=False, overwrite=True)\n"
+        "tr = loop.Trainer(cfg, Rows(), [{'v': 0.0}] * 2, collate, eval_dataset=[{'v': 1.0}, {'v': 2.0}, {'v': 6.0}],\n"
+        "                  log=lambda *a: None)\n"
+        "tr._save = lambda *a, **k: None\n"
+        "ev = [r for r in tr.train().history if 'eval_loss' in r][0]\n"
+        "print('EVAL', tr.accelerator.num_processes, round(ev['eval_v'], 6), flush=True)\n")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29537", str(script)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("EVAL 2 3.0") == 2, r.stdout

@@ -437,22 +437,25 @@ class Trainer:
         """Mean of the module's loss and metrics over the eval set, logged with an `eval_` prefix."""
         acc = self.accelerator
         self.model.eval()
-        sums: dict[str, torch.Tensor] = {}
-        n = torch.zeros((), device=acc.device)
+        names: list[str] | None = None
+        sums, n = None, 0
         for i, batch in enumerate(self.eval_dl):  # means over examples (TRL's eval_loss), not over unequal batches
             if hasattr(self.module, "seed_step"):
                 self.module.seed_step(self.cfg.seed, "eval", i, acc.process_index)  # the same draws at every eval
             loss, metrics = self.model(batch)
+            values = {"loss": loss, **metrics}
+            names = names or sorted(values)
             size = batch["mask"].shape[0] if isinstance(batch, dict) and "mask" in batch else 1
-            for k, v in {"loss": loss, **metrics}.items():
-                sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.detach().float() * size
-            n += size
+            rows = torch.stack([values[k].detach().float() for k in names]).expand(size, len(names))  # (size, M)
+            # every process's rows, without the examples accelerate repeated to even out the last batches
+            rows = acc.gather_for_metrics(rows)
+            sums = rows.sum(0) if sums is None else sums + rows.sum(0)
+            n += rows.shape[0]
         self.model.train()
         if hasattr(self.module, "seed_step"):
             self.module.seed_step()
-        names = sorted(sums)
-        totals = acc.reduce(torch.stack([sums[k] for k in names] + [n]), reduction="sum").tolist()
-        rec = {"step": step, **{f"eval_{k}": v / max(totals[-1], 1) for k, v in zip(names, totals[:-1])}}
+        totals = (sums / max(n, 1)).tolist()
+        rec = {"step": step, **{f"eval_{k}": v for k, v in zip(names, totals)}}
         if acc.is_main_process:
             self._append_metrics(rec)
             self.log(f"[prefkit] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in rec.items() if k != "step"))
