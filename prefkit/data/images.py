@@ -262,8 +262,6 @@ def detect_image_format(source: str) -> str:
     path = Path(source)
     cols: Iterable[str] = ()
     if path.is_dir() and not _saved_kind(path):  # a folder of files (the hub's data/train-0000x-of-...parquet)
-        from prefkit.data.loaders import folder_files
-
         path = folder_files(path)[0]
     if path.is_file() and path.name.lower().endswith(".parquet"):
         import pyarrow.parquet as pq
@@ -328,7 +326,7 @@ def _pair_row(row, cap, path, i, base, check) -> ImagePair:
             raise DataError(path, i, fld, f"expected an image path, got {row.get(fld)!r}{hint}")
         _check_image(row[fld], path, i, fld, base, check)
     meta = {k: v for k, v in row.items() if k not in ("caption", "prompt", "chosen", "rejected")}
-    meta.update({"row": i, "_source": path, "_fields": ("chosen", "rejected")})
+    meta.update({"row": i, "_source": path})  # the fields' names: the dataset's default (chosen, rejected)
     return ImagePair(cap, os.path.join(base, row["chosen"]), os.path.join(base, row["rejected"]), meta)
 
 
@@ -348,7 +346,7 @@ def _ranked_row(row, cap, path, i, base, check) -> ImageRankedList | None:
     if len(set(scores)) == 1:
         return None
     meta = {k: v for k, v in row.items() if k not in ("caption", "prompt", "images", "scores")}
-    meta.update({"row": i, "_source": path, "_fields": tuple(f"images[{j}]" for j in range(len(imgs)))})
+    meta.update({"row": i, "_source": path})  # the fields' names: the dataset's default (images[j])
     return ImageRankedList(cap, tuple(os.path.join(base, p) for p in imgs), tuple(float(s) for s in scores), meta)
 
 

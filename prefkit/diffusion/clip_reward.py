@@ -15,7 +15,9 @@ class ClipScoreReward:
             raise FileNotFoundError(f"CLIP-score reward: {path!r} is not a local folder with a CLIPModel")
         from transformers import CLIPModel, CLIPProcessor
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        from prefkit.train.process import default_device
+
+        device = device or default_device()
         self.model = CLIPModel.from_pretrained(path).to(device).eval()
         self.processor = CLIPProcessor.from_pretrained(path)
         self.name, self.batch_size, self.device = f"clip:{path}", batch_size, device

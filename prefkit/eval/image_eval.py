@@ -31,7 +31,6 @@ def load_models(model: str, tuned: str | None, device: str):
         backend = load_base(model[len("shapes:"):] or "final")
     else:
         backend = DiffusionBackend.from_pretrained(model)
-    backend.unet.to(device).eval()
     kind = None
     if tuned is not None:
         folder = Path(tuned)
@@ -50,8 +49,8 @@ def load_models(model: str, tuned: str | None, device: str):
             kind = "unet"
         else:
             load_lora(backend.unet, str(folder))
-            backend.unet.to(device).eval()
             kind = "lora"
+    backend.unet.to(device).eval()  # the base (with the LoRA adapters if any); a tuned full UNet was placed above
     return backend, kind
 
 
@@ -95,6 +94,7 @@ def evaluate(backend, kind, prompts: list[str], rewards: list, **kw) -> tuple[di
 def cli_main(argv: list[str]) -> int:
     from prefkit.eval.image_grid import save_image_grid
     from prefkit.pipelines.ranked_images import read_prompts, resolve_reward
+    from prefkit.train.process import default_device
 
     ap = argparse.ArgumentParser(prog="prefkit eval images", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="the base: a local Stable-Diffusion-style folder, or shapes:CKPT")
@@ -110,7 +110,7 @@ def cli_main(argv: list[str]) -> int:
     ap.add_argument("--grid", type=int, default=8, help="prompts in grid.png")
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     args = ap.parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     prompts = read_prompts(args.prompts)[: args.limit]
     if not prompts:
         raise ValueError(f"--prompts {args.prompts}: no prompts")

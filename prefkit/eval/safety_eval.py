@@ -118,7 +118,7 @@ def make_refusal_detector(cfg: SafetyEvalConfig) -> RefusalDetector:
     judge = None
     if cfg.refusal_judge:
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from prefkit.pipelines.sampling import default_device
+        from prefkit.train.process import default_device
 
         judge = LMRefusalJudge(AutoModelForCausalLM.from_pretrained(cfg.refusal_judge).to(default_device()).eval(),
                                AutoTokenizer.from_pretrained(cfg.refusal_judge))

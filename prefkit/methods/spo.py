@@ -19,7 +19,7 @@ import json
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -96,7 +96,7 @@ class SPORunConfig:
     model: DiffusionModelConfig = field(default_factory=DiffusionModelConfig)
     method: SPOMethodConfig = field(default_factory=SPOMethodConfig)
     data: SPODataConfig = field(default_factory=SPODataConfig)
-    train: SPOTrainConfig = field(default_factory=lambda: SPOTrainConfig())
+    train: SPOTrainConfig = field(default_factory=SPOTrainConfig)
 
     def __post_init__(self):
         if self.train.torch_compile:
@@ -176,9 +176,7 @@ class TupleDataset(Dataset):
 
     def __init__(self, pairs: StepPairs, cond: torch.Tensor, uncond: torch.Tensor):
         # on the host: the data loader (worker processes, pinned memory) hands batches to the device
-        from dataclasses import fields as dc_fields
-
-        pairs = type(pairs)(**{f.name: getattr(pairs, f.name).cpu() for f in dc_fields(pairs)})
+        pairs = replace(pairs, **{f.name: getattr(pairs, f.name).cpu() for f in fields(pairs)})
         self.p, self.cond, self.uncond = pairs, cond.cpu(), uncond.cpu()  # cond (B_prompts, L, D), uncond (1, L, D)
 
     def __len__(self) -> int:

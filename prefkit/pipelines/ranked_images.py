@@ -28,6 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 from prefkit.data.errors import DataError
+from prefkit.models.loading import DTYPES
+from prefkit.train.process import default_device
 
 
 # ---------------------------------------------------------------- labels
@@ -190,9 +192,6 @@ def build_ranked_images(prompts: list[str], generators: list, rewards: list, out
     return path
 
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
 def cli_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="prefkit build ranked-images", description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", required=True, help="prompts file: .txt (one per line) or .jsonl with 'prompt'; or shapes:SPLIT:N[:SEED]")
@@ -204,7 +203,7 @@ def cli_main(argv: list[str]) -> int:
     ap.add_argument("--device", default=None, help="where pipelines and CLIP rewards run (default: cuda if available, else cpu)")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="pipeline weights (float16 on a GPU halves memory)")
     args = ap.parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     try:
         prompts = read_prompts(args.prompts)
         gens = [resolve_generator(g, device, DTYPES[args.dtype]) for g in args.generators]

@@ -76,11 +76,6 @@ class Sampler:
         return self.generate([p + q for p, q in zip(prompts, prefixes)], params)
 
 
-def default_device() -> str:
-    """Where generation and judge models go unless told: the GPU when there is one."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class HFSampler(Sampler):
     """transformers `generate` with a KV cache; `batch_size` counts sequences (prompt x sample).
 
@@ -107,6 +102,8 @@ class HFSampler(Sampler):
 
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        from prefkit.train.process import default_device
+
         model.to(device or default_device())  # None: the GPU when there is one
         return cls(model.eval(), tok, **kw)
 

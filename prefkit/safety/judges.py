@@ -117,7 +117,7 @@ class LlamaGuardJudge:
         tok = AutoTokenizer.from_pretrained(path)
         torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
                        "float16": torch.float16}[dtype]
-        from prefkit.pipelines.sampling import default_device
+        from prefkit.train.process import default_device
 
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device or default_device()).eval()
         return cls(model, tok, **kw)

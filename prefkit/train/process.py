@@ -16,6 +16,12 @@ def cpu_only() -> bool:
     return no_gpu and not torch.backends.mps.is_available()
 
 
+def default_device() -> str:
+    """Where a model that no Trainer places (generation, judges, reward models, evaluation) goes unless told:
+    the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def process_state():
     """accelerate's PartialState, made as the Trainer's Accelerator makes it (`.device`, `.is_main_process`,
     `.main_process_first()`, `.wait_for_everyone()`)."""
